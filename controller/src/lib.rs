@@ -2,3 +2,5 @@
 //! for proxies, built from Services, EndpointSlices, mirrored services and
 //! TrafficSplits), failover (TrafficSplit weights driven by endpoint health) and
 //! identity (workload certificate signing).
+
+pub mod discovery;
