@@ -196,7 +196,7 @@ services:
             .await
             .unwrap()
             .unwrap();
-        let ep = &rx.borrow()[0];
+        let ep = rx.borrow()[0].clone();
         assert_eq!(ep.addr, "10.0.0.1:4143".parse().unwrap());
         assert_eq!(ep.weight, 1);
         assert_eq!(ep.protocol, Some(ProtocolHint::Http2));
