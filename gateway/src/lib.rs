@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::transport_header::TargetName;
 use proxy::accept::{self, AcceptConfig, Drain};
 use proxy::forward::{self, ForwardContext};
 use proxy::header::{self, TransportTarget};
@@ -147,7 +148,7 @@ impl Gateway {
         match self.authorize(&tls, peer.as_deref(), &header).await {
             Ok(target) => forward::forward(tls, header.protocol, target, &self.ctx, drain).await,
             Err(refusal) => {
-                tracing::info!(peer = ?peer, target = %header.authority, reason = refusal.reason(), "refused");
+                tracing::info!(peer = ?peer, target = %header.name, reason = refusal.reason(), "refused");
                 metrics.refusal(Direction::Gateway, refusal.reason(), peer.as_deref());
                 metrics.tcp_close(Direction::Gateway, 0, 0);
             }
@@ -187,13 +188,13 @@ impl Gateway {
         if !self.config.policy.allows(peer) {
             return Err(Refusal::Forbidden);
         }
-        if !within_cluster(&header.authority, &self.config.cluster_domain) {
+        if !within_cluster(&header.name, &self.config.cluster_domain) {
             return Err(Refusal::OutsideDomain);
         }
         if header.hop > MAX_HOPS {
             return Err(Refusal::HopLimit);
         }
-        match self.router.resolve(&header.authority).await {
+        match self.router.resolve(&header.authority()).await {
             Ok(Some(target)) => Ok(target),
             Ok(None) => Err(Refusal::UnknownTarget),
             Err(error) => {
@@ -204,12 +205,11 @@ impl Gateway {
     }
 }
 
-/// Whether `authority` (`host:port`) names a service of this cluster: its host
-/// lies under `svc.<cluster_domain>` on a label boundary.
-pub fn within_cluster(authority: &str, cluster_domain: &str) -> bool {
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    let suffix = format!(".svc.{}", cluster_domain.trim_matches('.'));
-    host.len() > suffix.len() && host.ends_with(&suffix)
+/// Whether `name` is a service of this cluster: strictly under
+/// `svc.<cluster_domain>` on a label boundary.
+pub fn within_cluster(name: &TargetName, cluster_domain: &str) -> bool {
+    let domain = format!("svc.{}", cluster_domain.trim_matches('.'));
+    name.as_str() != domain && name.is_within(&domain)
 }
 
 /// The peer's SPIFFE ID. INTERIM: replaced by the identity module's extractor on
@@ -224,17 +224,12 @@ mod tests {
 
     #[test]
     fn cluster_domain_suffix_is_label_aligned() {
-        assert!(within_cluster(
-            "books.shop.svc.cluster.local:8080",
-            "cluster.local"
-        ));
-        assert!(!within_cluster(
-            "books.shop.svc.cluster.local.evil.com:80",
-            "cluster.local"
-        ));
-        assert!(!within_cluster("xsvc.cluster.local:80", "cluster.local"));
-        assert!(!within_cluster("svc.cluster.local:80", "cluster.local"));
-        assert!(!within_cluster("10.0.0.1:80", "cluster.local"));
+        let within = |n: &str| within_cluster(&TargetName::parse(n).unwrap(), "cluster.local");
+        assert!(within("books.shop.svc.cluster.local"));
+        assert!(!within("books.shop.svc.cluster.local.evil.com"));
+        assert!(!within("xsvc.cluster.local"));
+        assert!(!within("svc.cluster.local"));
+        assert!(!within("10.0.0.1"));
     }
 
     #[test]

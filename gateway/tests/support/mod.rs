@@ -59,11 +59,17 @@ impl Pki {
 
     pub fn named(cn: &str) -> Self {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_key = KeyPair::generate().unwrap();
         let root = ca_params.self_signed(&ca_key).unwrap().der().clone();
-        Self { ca_params, ca_key, root }
+        Self {
+            ca_params,
+            ca_key,
+            root,
+        }
     }
 
     pub fn leaf(&self, spiffe_id: &str) -> Leaf {
@@ -87,11 +93,18 @@ impl Pki {
         Arc::new(roots)
     }
 
-    pub fn server(&self, id: &str, alpn: Option<&[u8]>) -> watch::Receiver<Arc<rustls::ServerConfig>> {
+    pub fn server(
+        &self,
+        id: &str,
+        alpn: Option<&[u8]>,
+    ) -> watch::Receiver<Arc<rustls::ServerConfig>> {
         let provider = Arc::new(aws_lc_rs::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots(), provider.clone())
-            .build()
-            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
         let leaf = self.leaf(id);
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -104,7 +117,10 @@ impl Pki {
     }
 
     pub fn client(&self, id: &str) -> Arc<TestClientTls> {
-        Arc::new(TestClientTls { roots: self.roots(), leaf: self.leaf(id) })
+        Arc::new(TestClientTls {
+            roots: self.roots(),
+            leaf: self.leaf(id),
+        })
     }
 }
 
@@ -116,13 +132,18 @@ pub struct TestClientTls {
 }
 
 impl ClientTls for TestClientTls {
-    fn config(&self, _identity: &str, alpn: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, proxy::Error> {
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(self.roots.clone())
-            .with_client_auth_cert(self.leaf.chain.clone(), self.leaf.key.clone_key())
-            .unwrap();
+    fn config(
+        &self,
+        _identity: &str,
+        alpn: Option<&[u8]>,
+    ) -> Result<Arc<rustls::ClientConfig>, proxy::Error> {
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(self.roots.clone())
+                .with_client_auth_cert(self.leaf.chain.clone(), self.leaf.key.clone_key())
+                .unwrap();
         config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
         Ok(Arc::new(config))
     }
@@ -152,7 +173,10 @@ type EchoBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
     let version = format!("{:?}", req.version());
-    let grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let body: EchoBody = if grpc {
         let data = req.into_body().collect().await.unwrap().to_bytes();
         let mut trailers = http::HeaderMap::new();
@@ -165,7 +189,8 @@ async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> 
         req.into_body().boxed()
     };
     let mut rsp = Response::new(body);
-    rsp.headers_mut().insert("x-seen-version", version.parse().unwrap());
+    rsp.headers_mut()
+        .insert("x-seen-version", version.parse().unwrap());
     Ok(rsp)
 }
 
@@ -241,7 +266,12 @@ impl Mesh {
         let inbound = inbound_l.local_addr().unwrap();
         let mut reg = Registry::default();
         let inbound_metrics = Arc::new(Metrics::register(&mut reg));
-        let router = Router::new(Arc::new(StaticDiscovery::new()), Connector::new(connect_timeout, None), BalanceConfig::default(), 1);
+        let router = Router::new(
+            Arc::new(StaticDiscovery::new()),
+            Connector::new(connect_timeout, None),
+            BalanceConfig::default(),
+            1,
+        );
         let inbound_proxy = Inbound::new(
             InboundConfig {
                 app,
@@ -258,12 +288,23 @@ impl Mesh {
         tokio::spawn(inbound_proxy.serve(inbound_l, stop()));
 
         let east_discovery = Arc::new(StaticDiscovery::new());
-        east_discovery.set(TARGET, vec![Endpoint { identity: Some(BOOKS_ID.into()), ..Endpoint::plain(inbound) }]);
+        east_discovery.set(
+            TARGET,
+            vec![Endpoint {
+                identity: Some(BOOKS_ID.into()),
+                ..Endpoint::plain(inbound)
+            }],
+        );
         let gateway_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway = gateway_l.local_addr().unwrap();
         let mut gateway_registry = Registry::default();
         let gw_metrics = Arc::new(Metrics::register(&mut gateway_registry));
-        let gw_router = Arc::new(Router::new(east_discovery.clone(), east_connector, BalanceConfig::default(), 2));
+        let gw_router = Arc::new(Router::new(
+            east_discovery.clone(),
+            east_connector,
+            BalanceConfig::default(),
+            2,
+        ));
         let gw = gateway::Gateway::new(
             gateway::GatewayConfig {
                 cluster_domain: "cluster.local".into(),
@@ -292,7 +333,12 @@ impl Mesh {
             }],
         );
         let west_connector = Connector::new(connect_timeout, Some(pki.client(WEB_ID)));
-        let west_router = Arc::new(Router::new(west_discovery, west_connector, BalanceConfig::default(), 1));
+        let west_router = Arc::new(Router::new(
+            west_discovery,
+            west_connector,
+            BalanceConfig::default(),
+            1,
+        ));
         let outbound_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let outbound = outbound_l.local_addr().unwrap();
         let mut outbound_registry = Registry::default();

@@ -90,12 +90,8 @@ impl Connector {
                 source,
             })?;
         if let Some(authority) = &ep.remote_authority {
-            let target = TransportTarget {
-                authority: authority.clone(),
-                protocol,
-                hop,
-            };
-            stream.write_all(&header::encode(&target)?).await?;
+            let target = TransportTarget::new(authority, protocol, hop)?;
+            stream.write_all(&target.encode()).await?;
         }
         Ok(Upstream::Tls(Box::new(stream)))
     }
