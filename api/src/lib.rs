@@ -4,3 +4,5 @@
 //! on it without pulling in a runtime.
 
 pub mod discovery;
+pub mod identity;
+pub mod transport_header;
