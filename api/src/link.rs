@@ -319,4 +319,5 @@ fn default_remote_discovery_selector() -> LabelSelector {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -149,7 +149,7 @@ pub fn mirror_service(
     }
 
     let mut labels = filtered(remote.metadata.labels.as_ref(), &spec.excluded_labels);
-    labels.extend(mirror_labels(spec, remote_name));
+    labels.extend(mirror_labels(&spec.target_cluster_name, remote_name));
     labels.insert(labels::MIRROR_MODE.into(), mode.label().into());
     let mut annotations = filtered(
         remote.metadata.annotations.as_ref(),
@@ -183,13 +183,10 @@ pub fn mirror_service(
 }
 
 /// Labels every mirror object carries, so the controller can find its own.
-pub fn mirror_labels(spec: &LinkSpec, remote_name: &str) -> BTreeMap<String, String> {
+pub fn mirror_labels(cluster: &str, remote_name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (labels::MIRRORED.into(), "true".into()),
-        (
-            labels::CLUSTER_NAME.into(),
-            spec.target_cluster_name.clone(),
-        ),
+        (labels::CLUSTER_NAME.into(), cluster.to_string()),
         (labels::REMOTE_SERVICE_NAME.into(), remote_name.into()),
     ])
 }
@@ -370,7 +367,7 @@ fn slice_meta(
         .and_then(|l| l.get(labels::REMOTE_SERVICE_NAME))
         .cloned()
         .unwrap_or_default();
-    let mut labels = mirror_labels(spec, &remote_name);
+    let mut labels = mirror_labels(&spec.target_cluster_name, &remote_name);
     labels.insert(labels::SERVICE_NAME.into(), name.clone());
     labels.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_MIRROR.into());
     EndpointSlice {
