@@ -369,9 +369,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_never_share_addresses() {
-        let a = AddressPlan::new(0).unwrap();
-        let b = AddressPlan::new(SLOTS - 1).unwrap();
+    fn slots_never_share_addresses() -> Result<()> {
+        let a = AddressPlan::new(0)?;
+        let b = AddressPlan::new(SLOTS - 1)?;
         assert_ne!(a.host(), b.host());
         assert_ne!(a.pod_subnet(MAX_CLUSTERS - 1), b.pod_subnet(0));
         assert_eq!(b.pod(MAX_CLUSTERS - 1, 1), Ipv4Addr::new(198, 19, 127, 2));
@@ -381,5 +381,6 @@ mod tests {
             Ipv4Addr::new(198, 18, 0, 95)
         );
         assert!(AddressPlan::new(SLOTS).is_err());
+        Ok(())
     }
 }
