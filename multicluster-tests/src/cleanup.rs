@@ -119,6 +119,7 @@ fn spawn_signal_thread() {
             if let Some(code) = code {
                 eprintln!("meshlink harness: signal received, cleaning up");
                 run_all();
+                eprintln!("meshlink harness: clean-up done");
                 std::process::exit(code);
             }
         });
