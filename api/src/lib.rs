@@ -5,4 +5,6 @@
 
 pub mod discovery;
 pub mod identity;
+pub mod labels;
+pub mod link;
 pub mod transport_header;

@@ -48,6 +48,14 @@ impl Cleanup {
         self.state().process_groups.remove(&pgid);
     }
 
+    pub(crate) fn add_netns(&self, name: &str) {
+        self.state().netns.push(name.to_owned());
+    }
+
+    pub(crate) fn add_root_link(&self, name: &str) {
+        self.state().root_links.push(name.to_owned());
+    }
+
     pub(crate) fn add_dir(&self, dir: PathBuf) {
         self.state().dirs.push(dir);
     }
@@ -111,6 +119,7 @@ fn spawn_signal_thread() {
             if let Some(code) = code {
                 eprintln!("meshlink harness: signal received, cleaning up");
                 run_all();
+                eprintln!("meshlink harness: clean-up done");
                 std::process::exit(code);
             }
         });

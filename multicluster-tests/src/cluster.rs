@@ -4,10 +4,11 @@
 //! tests can take a remote cluster away and bring it back.
 
 use std::ffi::OsString;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -20,8 +21,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use crate::binaries::Binaries;
 use crate::cleanup::Cleanup;
 use crate::error::{Error, Result};
+use crate::net::{MAX_GATEWAYS, Network};
 use crate::pki::{self, ClusterPki};
+use crate::pod::Pod;
 use crate::process::Proc;
+use crate::publish;
 
 /// How long an apiserver may take to become ready before start fails.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
@@ -45,6 +49,7 @@ pub(crate) struct ClusterParams<'a> {
     pub binaries: &'a Binaries,
     pub controller_manager: bool,
     pub cleanup: &'a Cleanup,
+    pub net: Arc<Network>,
 }
 
 /// A running cluster of the harness.
@@ -56,6 +61,7 @@ pub struct Cluster {
     server_url: String,
     kubeconfig_path: PathBuf,
     kubeconfig_yaml: String,
+    ca_pem: String,
     config: kube::Config,
     client: kube::Client,
     apiserver_binary: PathBuf,
@@ -63,6 +69,9 @@ pub struct Cluster {
     apiserver: Mutex<Option<Proc>>,
     controller_manager: Mutex<Option<Proc>>,
     cleanup: Cleanup,
+    net: Arc<Network>,
+    pods_created: AtomicU8,
+    gateways_created: AtomicU8,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -80,10 +89,14 @@ impl Cluster {
     pub(crate) async fn start(p: ClusterParams<'_>) -> Result<Self> {
         std::fs::create_dir_all(&p.dir)
             .map_err(Error::io(format!("creating {}", p.dir.display())))?;
-        let ips = [p.listen.ip(), IpAddr::from([127, 0, 0, 1])];
+        let ips = [p.listen.ip(), IpAddr::from(Ipv4Addr::LOCALHOST)];
         let pki = pki::generate(&p.name, &p.dir, &ips)?;
         let server_url = format!("https://{}", p.listen);
-        let kubeconfig_yaml = kubeconfig(&p.name, &server_url, &pki);
+        let admin = User::Cert {
+            cert_pem: &pki.admin_cert_pem,
+            key_pem: &pki.admin_key_pem,
+        };
+        let kubeconfig_yaml = kubeconfig(&p.name, &server_url, &pki.ca_pem, &admin);
         let kubeconfig_path = p.dir.join("kubeconfig");
         std::fs::write(&kubeconfig_path, &kubeconfig_yaml)
             .map_err(Error::io("writing kubeconfig"))?;
@@ -101,11 +114,15 @@ impl Cluster {
             server_url,
             kubeconfig_path,
             kubeconfig_yaml,
+            ca_pem: pki.ca_pem.clone(),
             config,
             client,
             apiserver: Mutex::new(None),
             controller_manager: Mutex::new(None),
             cleanup: p.cleanup.clone(),
+            net: p.net,
+            pods_created: AtomicU8::new(0),
+            gateways_created: AtomicU8::new(0),
         };
         cluster.start_apiserver().await?;
         if p.controller_manager
@@ -186,6 +203,105 @@ impl Cluster {
             .status
             .map(|s| s.token)
             .ok_or_else(|| Error::Invalid(format!("token request for {ns}/{sa} had no status")))
+    }
+
+    /// The address other clusters use to reach this cluster's first gateway pod
+    /// (see [`Cluster::create_gateway_pod`]).
+    pub fn gateway_address(&self) -> Ipv4Addr {
+        self.net.plan.gateway(self.net_index(), 0)
+    }
+
+    /// This cluster's pod subnet (CIDR).
+    pub fn pod_subnet(&self) -> String {
+        self.net.plan.pod_subnet(self.net_index())
+    }
+
+    /// Creates a pod named `name` in `zone` (one of [`Cluster::zones`]) on this
+    /// cluster's pod network. Start processes in it with [`Pod::spawn`].
+    pub fn create_pod(&self, name: &str, zone: &str) -> Result<Pod> {
+        self.new_pod(name, zone, None)
+    }
+
+    /// Creates a gateway pod: a pod that also holds a gateway address on the network
+    /// between clusters, reachable from every cluster's pods. The first one holds
+    /// [`Cluster::gateway_address`]; up to 8 per cluster.
+    pub fn create_gateway_pod(&self, name: &str, zone: &str) -> Result<Pod> {
+        let k = self.gateways_created.fetch_add(1, Ordering::Relaxed);
+        if k >= MAX_GATEWAYS {
+            return Err(Error::Invalid(format!(
+                "cluster {} already has {MAX_GATEWAYS} gateway pods",
+                self.name
+            )));
+        }
+        self.new_pod(name, zone, Some(k))
+    }
+
+    /// Publishes `pods` as the ready endpoints of selector-less Service `ns/service`
+    /// (TCP `port`, port name `tcp`): server-side applies the namespace, the Service
+    /// and EndpointSlice `<service>-harness` (zone per endpoint, managed by
+    /// `harness.meshlink.io`). Calling again replaces the endpoints.
+    pub async fn publish(&self, ns: &str, service: &str, port: u16, pods: &[&Pod]) -> Result<()> {
+        publish::publish(self.client(), ns, service, port, pods).await
+    }
+
+    fn new_pod(&self, name: &str, zone: &str, gateway: Option<u8>) -> Result<Pod> {
+        if !crate::harness::is_dns_label(name, 40) {
+            return Err(Error::Invalid(format!(
+                "pod name {name:?} must be 1-40 characters of a-z, 0-9 and '-'"
+            )));
+        }
+        if !self.zones.iter().any(|z| z == zone) {
+            return Err(Error::Invalid(format!(
+                "zone {zone:?} is not one of cluster {}'s zones {:?}",
+                self.name, self.zones
+            )));
+        }
+        let n = self.pods_created.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > 250 {
+            return Err(Error::Invalid(format!(
+                "cluster {} is out of pod addresses",
+                self.name
+            )));
+        }
+        let c = self.net_index();
+        let netns = format!("{}c{c}-p{n}", self.net.plan.netns_prefix());
+        let (ip, gateway) = self.net.attach_pod(c, n, &netns, gateway, &self.cleanup)?;
+        Ok(Pod {
+            name: name.to_owned(),
+            cluster: self.name.clone(),
+            zone: zone.to_owned(),
+            netns,
+            ip,
+            gateway,
+            log_dir: self.dir.join("pods"),
+            procs: Mutex::new(Vec::new()),
+            cleanup: self.cleanup.clone(),
+        })
+    }
+
+    fn net_index(&self) -> u8 {
+        // The builder allows at most `MAX_CLUSTERS` (8) clusters.
+        self.index as u8
+    }
+
+    /// A kubeconfig for this cluster that authenticates with a bearer `token` (for
+    /// example one from [`Cluster::service_account_token`]).
+    pub fn kubeconfig_for_token(&self, token: &str) -> String {
+        kubeconfig(
+            &self.name,
+            &self.server_url,
+            &self.ca_pem,
+            &User::Token(token),
+        )
+    }
+
+    /// A client for this cluster that authenticates with a bearer `token`.
+    pub async fn client_with_token(&self, token: &str) -> Result<kube::Client> {
+        let config = client_config(&self.name, &self.kubeconfig_for_token(token)).await?;
+        kube::Client::try_from(config).map_err(Error::kube(format!(
+            "building token client for {}",
+            self.name
+        )))
     }
 
     /// Kills the apiserver (SIGKILL, like a crash). Its etcd data stays.
@@ -320,10 +436,26 @@ fn flag(name: &str, path: &Path) -> OsString {
     s
 }
 
-fn kubeconfig(name: &str, server: &str, pki: &ClusterPki) -> String {
-    let ca = BASE64.encode(&pki.ca_pem);
-    let cert = BASE64.encode(&pki.admin_cert_pem);
-    let key = BASE64.encode(&pki.admin_key_pem);
+/// Who a kubeconfig authenticates as.
+enum User<'a> {
+    Cert { cert_pem: &'a str, key_pem: &'a str },
+    Token(&'a str),
+}
+
+fn kubeconfig(name: &str, server: &str, ca_pem: &str, user: &User<'_>) -> String {
+    let ca = BASE64.encode(ca_pem);
+    let (user_name, credentials) = match user {
+        User::Cert { cert_pem, key_pem } => (
+            format!("{name}-admin"),
+            format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                BASE64.encode(cert_pem),
+                BASE64.encode(key_pem)
+            ),
+        ),
+        // A token is opaque base64url-ish text; quoting keeps YAML from reading it.
+        User::Token(token) => (format!("{name}-token"), format!("token: \"{token}\"")),
+    };
     format!(
         "apiVersion: v1
 kind: Config
@@ -333,15 +465,14 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: {name}-admin
+- name: {user_name}
   user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
+    {credentials}
 contexts:
 - name: {name}
   context:
     cluster: {name}
-    user: {name}-admin
+    user: {user_name}
     namespace: default
 current-context: {name}
 "

@@ -1,8 +1,9 @@
 //! The [`Harness`]: builds and owns a set of clusters, their etcd, their network and
 //! their temp directory, and tears all of it down on drop (or on a signal).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::try_join_all;
@@ -12,6 +13,13 @@ use crate::cleanup::Cleanup;
 use crate::cluster::{Cluster, ClusterParams};
 use crate::error::{Error, Result};
 use crate::etcd::Etcd;
+use crate::net::{AddressPlan, MAX_CLUSTERS, Network};
+
+/// Fixed ports on the harness's own host address (198.18.S.1), below the ephemeral
+/// range so an outgoing connection can never take one while an apiserver is stopped.
+const ETCD_CLIENT_PORT: u16 = 12379;
+const ETCD_PEER_PORT: u16 = 12380;
+const APISERVER_BASE_PORT: u16 = 16443;
 
 /// One cluster requested from the builder.
 #[derive(Clone, Debug)]
@@ -85,12 +93,17 @@ impl HarnessBuilder {
             .map_err(Error::io("creating the harness temp dir"))?;
         cleanup.add_dir(dir.path().to_path_buf());
 
-        let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let net = Arc::new(Network::create(
+            self.clusters.len() as u8,
+            self.flat_network,
+            &cleanup,
+        )?);
+        let host = IpAddr::V4(net.plan.host());
         let etcd = Etcd::start(
             &binaries.etcd,
             dir.path(),
-            free_addr(host)?,
-            free_addr(host)?,
+            SocketAddr::new(host, ETCD_CLIENT_PORT),
+            SocketAddr::new(host, ETCD_PEER_PORT),
             &cleanup,
         )
         .await?;
@@ -101,12 +114,13 @@ impl HarnessBuilder {
                 index,
                 zones: spec.zones.clone(),
                 dir: dir.path().join(&spec.name),
-                listen: free_addr(host)?,
+                listen: SocketAddr::new(host, APISERVER_BASE_PORT + index as u16),
                 etcd_url: etcd.client_url.clone(),
-                service_cidr: format!("198.19.{}.0/24", 128 + index),
+                service_cidr: net.plan.service_cidr(index as u8),
                 binaries: &binaries,
                 controller_manager: !self.no_controller_manager,
                 cleanup: &cleanup,
+                net: net.clone(),
             }));
         }
         let clusters = try_join_all(starts).await?;
@@ -114,9 +128,9 @@ impl HarnessBuilder {
         Ok(Harness {
             clusters,
             etcd: Some(etcd),
-            flat_network: self.flat_network,
             cleanup,
             dir,
+            net,
         })
     }
 }
@@ -126,9 +140,10 @@ impl HarnessBuilder {
 pub struct Harness {
     clusters: Vec<Cluster>,
     etcd: Option<Etcd>,
-    flat_network: bool,
     cleanup: Cleanup,
     dir: tempfile::TempDir,
+    // Dropped last: the slot stays claimed until everything else is gone.
+    net: Arc<Network>,
 }
 
 impl Harness {
@@ -161,7 +176,21 @@ impl Harness {
 
     /// Whether pod addresses are routable between clusters.
     pub fn is_flat_network(&self) -> bool {
-        self.flat_network
+        self.net.flat
+    }
+
+    /// This harness's address plan (slot, addresses, namespace prefix).
+    pub fn address_plan(&self) -> AddressPlan {
+        self.net.plan
+    }
+
+    /// Network namespaces of this harness that exist right now.
+    pub fn netns_names(&self) -> Vec<String> {
+        let prefix = self.net.plan.netns_prefix();
+        crate::net::netns_names()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
     }
 
     /// The harness's temp directory (certificates, kubeconfigs, logs, etcd data).
@@ -187,17 +216,13 @@ impl Drop for Harness {
 }
 
 fn validate(clusters: &[ClusterSpec]) -> Result<()> {
-    if clusters.is_empty() || clusters.len() > 8 {
-        return Err(Error::Invalid("a harness needs 1 to 8 clusters".into()));
+    if clusters.is_empty() || clusters.len() > MAX_CLUSTERS.into() {
+        return Err(Error::Invalid(format!(
+            "a harness needs 1 to {MAX_CLUSTERS} clusters"
+        )));
     }
     for (i, c) in clusters.iter().enumerate() {
-        let ok = !c.name.is_empty()
-            && c.name.len() <= 20
-            && c.name.starts_with(|ch: char| ch.is_ascii_lowercase())
-            && c.name
-                .chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
-        if !ok {
+        if !is_dns_label(&c.name, 20) {
             return Err(Error::Invalid(format!(
                 "cluster name {:?} must be 1-20 characters of a-z, 0-9 and '-', starting with a letter",
                 c.name
@@ -216,10 +241,13 @@ fn validate(clusters: &[ClusterSpec]) -> Result<()> {
     Ok(())
 }
 
-/// A port nobody listens on right now (the kernel picks it; we release it so the
-/// Go process can bind it).
-fn free_addr(ip: IpAddr) -> Result<SocketAddr> {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(Error::io("picking a free port"))
+/// Whether `s` is a lowercase DNS label of at most `max` characters starting with a
+/// letter (usable in Kubernetes names, namespace names and file names).
+pub(crate) fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|ch: char| ch.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
 }

@@ -24,10 +24,16 @@ mod cluster;
 mod error;
 mod etcd;
 mod harness;
+mod net;
 mod pki;
+mod pod;
 mod process;
+mod publish;
 
 pub use binaries::Binaries;
 pub use cluster::Cluster;
 pub use error::{Error, Result};
 pub use harness::{Harness, HarnessBuilder};
+pub use net::{AddressPlan, MAX_CLUSTERS, MAX_GATEWAYS, SLOTS, netns_names};
+pub use pod::Pod;
+pub use publish::MANAGER;
