@@ -10,6 +10,7 @@ pub mod accept;
 pub mod balance;
 pub mod detect;
 pub mod discovery;
+pub mod discovery_grpc;
 mod error;
 pub mod forward;
 pub mod header;
