@@ -20,6 +20,8 @@ use crate::net::{AddressPlan, MAX_CLUSTERS, Network};
 const ETCD_CLIENT_PORT: u16 = 12379;
 const ETCD_PEER_PORT: u16 = 12380;
 const APISERVER_BASE_PORT: u16 = 16443;
+/// Name prefix of harness temp dirs.
+pub(crate) const DIR_PREFIX: &str = "meshlink-harness-";
 
 /// One cluster requested from the builder.
 #[derive(Clone, Debug)]
@@ -88,7 +90,7 @@ impl HarnessBuilder {
         };
         let cleanup = Cleanup::register();
         let dir = tempfile::Builder::new()
-            .prefix("meshlink-harness-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .map_err(Error::io("creating the harness temp dir"))?;
         cleanup.add_dir(dir.path().to_path_buf());
@@ -96,8 +98,10 @@ impl HarnessBuilder {
         let net = Arc::new(Network::create(
             self.clusters.len() as u8,
             self.flat_network,
+            dir.path(),
             &cleanup,
         )?);
+        tracing::debug!(elapsed = ?started.elapsed(), slot = net.plan.slot(), "network ready");
         let host = IpAddr::V4(net.plan.host());
         let etcd = Etcd::start(
             &binaries.etcd,
@@ -107,6 +111,7 @@ impl HarnessBuilder {
             &cleanup,
         )
         .await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "etcd accepting connections");
         let mut starts = Vec::new();
         for (index, spec) in self.clusters.iter().enumerate() {
             starts.push(Cluster::start(ClusterParams {
