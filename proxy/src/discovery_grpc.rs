@@ -12,15 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::discovery::discovery_client::DiscoveryClient;
-use api::discovery::{self as proto, update::Kind, WatchRequest};
+use api::discovery::{self as proto, WatchRequest, update::Kind};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
 
-use crate::discovery::{Discovery, Endpoint, EndpointSet, ProtocolHint};
 use crate::Error;
+use crate::discovery::{Discovery, Endpoint, EndpointSet, ProtocolHint};
 
 /// How long the first answer for a target may take before resolution fails.
 const FIRST_ANSWER: Duration = Duration::from_secs(5);
@@ -39,7 +39,11 @@ impl GrpcDiscovery {
     /// Discovery through `channel` for a proxy in `zone` (empty if unknown). The
     /// channel may be lazy: nothing connects until the first resolution.
     pub fn new(channel: Channel, zone: impl Into<String>) -> Self {
-        Self { client: DiscoveryClient::new(channel), zone: zone.into(), targets: Mutex::default() }
+        Self {
+            client: DiscoveryClient::new(channel),
+            zone: zone.into(),
+            targets: Mutex::default(),
+        }
     }
 
     /// Starts following `target`, answering once the first update arrives:
@@ -49,11 +53,17 @@ impl GrpcDiscovery {
         let (first_tx, first_rx) = oneshot::channel();
         let stream = Stream {
             client: self.client.clone(),
-            request: WatchRequest { target: target.to_string(), zone: self.zone.clone() },
+            request: WatchRequest {
+                target: target.to_string(),
+                zone: self.zone.clone(),
+            },
             tx: tx.clone(),
         };
         tokio::spawn(stream.run(first_tx));
-        let unavailable = |why: String| Error::DiscoveryUnavailable { target: target.to_string(), reason: why };
+        let unavailable = |why: String| Error::DiscoveryUnavailable {
+            target: target.to_string(),
+            reason: why,
+        };
         match tokio::time::timeout(FIRST_ANSWER, first_rx).await {
             Ok(Ok(Ok(true))) => {
                 self.targets.lock().insert(target.to_string(), tx);
@@ -68,7 +78,10 @@ impl GrpcDiscovery {
 }
 
 impl Discovery for GrpcDiscovery {
-    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<Option<watch::Receiver<EndpointSet>>, Error>> {
+    fn resolve<'a>(
+        &'a self,
+        target: &'a str,
+    ) -> BoxFuture<'a, Result<Option<watch::Receiver<EndpointSet>>, Error>> {
         Box::pin(async move {
             {
                 let mut targets = self.targets.lock();
@@ -126,12 +139,15 @@ impl Stream {
                 update = updates.message() => update?,
                 () = self.tx.closed() => return Ok(()),
             };
-            let Some(kind) = update.and_then(|u| u.kind) else { return Ok(()) };
+            let Some(kind) = update.and_then(|u| u.kind) else {
+                return Ok(());
+            };
             let exists = apply(&mut state, kind, &self.request.target);
             if let Some(first) = first.take() {
                 let _ = first.send(Ok(exists));
             }
-            self.tx.send_replace(Arc::new(state.values().cloned().collect()));
+            self.tx
+                .send_replace(Arc::new(state.values().cloned().collect()));
         }
     }
 }
@@ -166,7 +182,9 @@ fn insert(state: &mut BTreeMap<String, Endpoint>, endpoints: Vec<proto::Endpoint
             Some(converted) => {
                 state.insert(ep.address, converted);
             }
-            None => tracing::warn!(%target, address = %ep.address, "skipping an endpoint with an invalid address"),
+            None => {
+                tracing::warn!(%target, address = %ep.address, "skipping an endpoint with an invalid address")
+            }
         }
     }
 }
@@ -198,7 +216,12 @@ mod tests {
     use api::discovery::{AddressSet, EndpointSet as ProtoSet, NoSuchService, Snapshot};
 
     fn ep(addr: &str) -> proto::Endpoint {
-        proto::Endpoint { address: addr.into(), identity: "spiffe://td/ns/a/sa/b".into(), tier: 2, ..Default::default() }
+        proto::Endpoint {
+            address: addr.into(),
+            identity: "spiffe://td/ns/a/sa/b".into(),
+            tier: 2,
+            ..Default::default()
+        }
     }
 
     fn addrs(state: &BTreeMap<String, Endpoint>) -> Vec<String> {
@@ -208,16 +231,41 @@ mod tests {
     #[test]
     fn snapshots_replace_and_deltas_apply() {
         let mut state = BTreeMap::new();
-        let snap = |eps: Vec<proto::Endpoint>| Kind::Snapshot(Snapshot { endpoints: eps, routes: None });
-        assert!(apply(&mut state, snap(vec![ep("198.18.0.1:80"), ep("198.18.0.2:80")]), "t"));
-        assert!(apply(&mut state, Kind::Add(ProtoSet { endpoints: vec![ep("198.18.0.3:80")] }), "t"));
-        assert!(apply(&mut state, Kind::Remove(AddressSet { addresses: vec!["198.18.0.1:80".into()] }), "t"));
+        let snap = |eps: Vec<proto::Endpoint>| {
+            Kind::Snapshot(Snapshot {
+                endpoints: eps,
+                routes: None,
+            })
+        };
+        assert!(apply(
+            &mut state,
+            snap(vec![ep("198.18.0.1:80"), ep("198.18.0.2:80")]),
+            "t"
+        ));
+        assert!(apply(
+            &mut state,
+            Kind::Add(ProtoSet {
+                endpoints: vec![ep("198.18.0.3:80")]
+            }),
+            "t"
+        ));
+        assert!(apply(
+            &mut state,
+            Kind::Remove(AddressSet {
+                addresses: vec!["198.18.0.1:80".into()]
+            }),
+            "t"
+        ));
         assert_eq!(addrs(&state), ["198.18.0.2:80", "198.18.0.3:80"]);
 
         // A reconnect's snapshot replaces everything: nothing duplicated or stale.
         assert!(apply(&mut state, snap(vec![ep("198.18.0.3:80")]), "t"));
         assert_eq!(addrs(&state), ["198.18.0.3:80"]);
-        assert!(!apply(&mut state, Kind::NoSuchService(NoSuchService {}), "t"));
+        assert!(!apply(
+            &mut state,
+            Kind::NoSuchService(NoSuchService {}),
+            "t"
+        ));
         assert!(state.is_empty());
     }
 
@@ -227,12 +275,24 @@ mod tests {
         let mut gw = ep("198.19.0.5:4143");
         gw.remote_authority = "books.shop.svc.cluster.local:8080".into();
         gw.protocol_hint = proto::ProtocolHint::Http2 as i32;
-        apply(&mut state, Kind::Add(ProtoSet { endpoints: vec![gw, ep("not an address")] }), "t");
+        apply(
+            &mut state,
+            Kind::Add(ProtoSet {
+                endpoints: vec![gw, ep("not an address")],
+            }),
+            "t",
+        );
         assert_eq!(state.len(), 1);
         let e = &state["198.19.0.5:4143"];
-        assert_eq!(e.remote_authority.as_deref(), Some("books.shop.svc.cluster.local:8080"));
+        assert_eq!(
+            e.remote_authority.as_deref(),
+            Some("books.shop.svc.cluster.local:8080")
+        );
         assert_eq!(e.identity.as_deref(), Some("spiffe://td/ns/a/sa/b"));
-        assert_eq!((e.tier, e.weight, e.protocol), (2, 1, Some(ProtocolHint::Http2)));
+        assert_eq!(
+            (e.tier, e.weight, e.protocol),
+            (2, 1, Some(ProtocolHint::Http2))
+        );
         assert_eq!(e.zone, None);
     }
 }

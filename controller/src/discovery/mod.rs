@@ -28,13 +28,28 @@ impl Discovery {
     /// Starts the cluster's watches (one per resource kind) feeding a new index
     /// for cluster `cluster` with DNS domain `domain`. Must be called within a
     /// Tokio runtime; the watches run until the runtime stops.
-    pub fn start(client: kube::Client, cluster: &str, domain: &str, registry: &mut Registry) -> Self {
+    pub fn start(
+        client: kube::Client,
+        cluster: &str,
+        domain: &str,
+        registry: &mut Registry,
+    ) -> Self {
         let index = SharedIndex::new(Index::new(cluster, domain));
         let watch_metrics = k8s::Metrics::register(registry);
         let (services_tx, services_ready) = watch::channel(false);
         let (slices_tx, mut slices_ready) = watch::channel(false);
-        tokio::spawn(k8s::watch_services(client.clone(), index.clone(), watch_metrics.clone(), services_tx));
-        tokio::spawn(k8s::watch_slices(client, index.clone(), watch_metrics, slices_tx));
+        tokio::spawn(k8s::watch_services(
+            client.clone(),
+            index.clone(),
+            watch_metrics.clone(),
+            services_tx,
+        ));
+        tokio::spawn(k8s::watch_slices(
+            client,
+            index.clone(),
+            watch_metrics,
+            slices_tx,
+        ));
 
         let (ready_tx, ready) = watch::channel(false);
         let mut services_ready = services_ready;
@@ -47,7 +62,11 @@ impl Discovery {
                 ready_tx.send_replace(true);
             }
         });
-        Self { index, metrics: grpc::Metrics::register(registry), ready }
+        Self {
+            index,
+            metrics: grpc::Metrics::register(registry),
+            ready,
+        }
     }
 
     /// True once every watch has listed the cluster once.
@@ -57,7 +76,11 @@ impl Discovery {
 
     /// Serves the discovery gRPC API on `listener` until `shutdown` turns true;
     /// open streams end at shutdown so proxies reconnect elsewhere.
-    pub async fn serve(self, listener: TcpListener, shutdown: watch::Receiver<bool>) -> Result<(), tonic::transport::Error> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), tonic::transport::Error> {
         let service = grpc::Service::new(self.index, self.metrics, shutdown.clone());
         let mut stop = shutdown;
         tonic::transport::Server::builder()
