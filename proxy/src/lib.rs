@@ -14,6 +14,7 @@ mod error;
 pub mod forward;
 pub mod header;
 pub mod inbound;
+pub mod init;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
