@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod balance;
+pub mod config;
 pub mod detect;
 pub mod discovery;
 mod error;
