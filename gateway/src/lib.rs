@@ -219,6 +219,7 @@ fn peer_identity(_tls: &TlsStream<TcpStream>) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 

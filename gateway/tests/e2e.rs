@@ -2,6 +2,8 @@
 //! proxy → app, over real sockets and real mutual TLS, for every session protocol;
 //! and the gateway's refusals, each counted by the right metric.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;

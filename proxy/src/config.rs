@@ -171,7 +171,9 @@ impl RunArgs {
         let addrs = [outbound_addr, inbound_addr, admin_addr];
         let ports: HashSet<_> = addrs.iter().map(|a| a.port()).collect();
         if ports.len() != addrs.len() && !ports.contains(&0) {
-            return Err(Error::Config("outbound, inbound and admin ports must differ".into()));
+            return Err(Error::Config(
+                "outbound, inbound and admin ports must differ".into(),
+            ));
         }
         nonzero("detect-timeout-ms", *detect_timeout_ms)?;
         let detect = DetectConfig {
@@ -180,8 +182,13 @@ impl RunArgs {
             ..DetectConfig::default()
         };
         let target = match outbound_target {
-            Some(t) if t.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) => {
-                return Err(Error::Config(format!("outbound-target {t:?} is not name:port")));
+            Some(t)
+                if t.rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err()) =>
+            {
+                return Err(Error::Config(format!(
+                    "outbound-target {t:?} is not name:port"
+                )));
             }
             Some(t) => TargetMode::Fixed(t.clone()),
             None => TargetMode::OriginalDst,
@@ -222,7 +229,12 @@ pub struct InitArgs {
     #[arg(long, env = "MESHLINK_OUTBOUND_PORT", default_value_t = 4140)]
     pub outbound_port: u16,
     /// Inbound ports left alone, comma-separated (the admin port by default).
-    #[arg(long, env = "MESHLINK_SKIP_INBOUND_PORTS", value_delimiter = ',', default_value = "4191")]
+    #[arg(
+        long,
+        env = "MESHLINK_SKIP_INBOUND_PORTS",
+        value_delimiter = ',',
+        default_value = "4191"
+    )]
     pub skip_inbound_ports: Vec<u16>,
     /// Outbound ports left alone, comma-separated.
     #[arg(long, env = "MESHLINK_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
@@ -235,8 +247,13 @@ pub struct InitArgs {
 impl InitArgs {
     /// The validated init configuration.
     pub fn config(&self) -> Result<InitConfig, Error> {
-        if self.inbound_port == 0 || self.outbound_port == 0 || self.inbound_port == self.outbound_port {
-            return Err(Error::Config("inbound and outbound ports must be distinct and nonzero".into()));
+        if self.inbound_port == 0
+            || self.outbound_port == 0
+            || self.inbound_port == self.outbound_port
+        {
+            return Err(Error::Config(
+                "inbound and outbound ports must be distinct and nonzero".into(),
+            ));
         }
         Ok(InitConfig {
             proxy_uid: self.proxy_uid,
@@ -256,13 +273,24 @@ fn nonzero(name: &str, v: u64) -> Result<(), Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> Result<ProxyConfig, String> {
         let mut argv = vec![
-            "proxy", "run", "--app-addr", "127.0.0.1:8080", "--discovery-file", "d.yaml",
-            "--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-trust", "r.pem",
+            "proxy",
+            "run",
+            "--app-addr",
+            "127.0.0.1:8080",
+            "--discovery-file",
+            "d.yaml",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-trust",
+            "r.pem",
         ];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
@@ -282,17 +310,43 @@ mod tests {
 
     #[test]
     fn opaque_ports_and_fixed_target() {
-        let c = run(&["--opaque-ports", "3306,5432", "--outbound-target", "books.svc:80"]).unwrap();
+        let c = run(&[
+            "--opaque-ports",
+            "3306,5432",
+            "--outbound-target",
+            "books.svc:80",
+        ])
+        .unwrap();
         assert!(c.outbound.detect.opaque_ports.contains(&5432));
         assert_eq!(c.outbound.target, TargetMode::Fixed("books.svc:80".into()));
     }
 
     #[test]
     fn bad_values_are_named() {
-        assert!(run(&["--detect-timeout-ms", "0"]).unwrap_err().contains("detect-timeout-ms"));
-        assert!(run(&["--outbound-target", "noport"]).unwrap_err().contains("outbound-target"));
-        assert!(run(&["--inbound-addr", "0.0.0.0:4191"]).unwrap_err().contains("must differ"));
-        assert!(run(&["--opaque-ports", "x"]).unwrap_err().contains("opaque-ports"));
-        assert!(run(&["--buffer-bytes", "1"]).unwrap_err().contains("buffer-bytes"));
+        assert!(
+            run(&["--detect-timeout-ms", "0"])
+                .unwrap_err()
+                .contains("detect-timeout-ms")
+        );
+        assert!(
+            run(&["--outbound-target", "noport"])
+                .unwrap_err()
+                .contains("outbound-target")
+        );
+        assert!(
+            run(&["--inbound-addr", "0.0.0.0:4191"])
+                .unwrap_err()
+                .contains("must differ")
+        );
+        assert!(
+            run(&["--opaque-ports", "x"])
+                .unwrap_err()
+                .contains("opaque-ports")
+        );
+        assert!(
+            run(&["--buffer-bytes", "1"])
+                .unwrap_err()
+                .contains("buffer-bytes")
+        );
     }
 }

@@ -124,6 +124,7 @@ pub fn apply(c: &InitConfig, program: &[&str]) -> Result<(), Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 

@@ -3,6 +3,8 @@
 //! connection's target from SO_ORIGINAL_DST after the REDIRECT. Needs root and
 //! iptables (both present on the CI machine and in the harness).
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;

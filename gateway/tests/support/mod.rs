@@ -5,7 +5,7 @@
 //!
 //! INTERIM: the PKI and TLS configs here stand in for the identity branch's
 //! `proxy::pki` / `proxy::tls` until that branch is merged.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
