@@ -4,3 +4,4 @@
 //! other long-running components reuse its identity and admin pieces.
 
 pub mod pki;
+pub mod tls;
