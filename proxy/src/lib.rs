@@ -3,5 +3,6 @@
 //! tiers, and the admin server. The gateway is this proxy in gateway mode, and the
 //! other long-running components reuse its identity and admin pieces.
 
+pub mod admin;
 pub mod pki;
 pub mod tls;
