@@ -4,5 +4,6 @@
 //! other long-running components reuse its identity and admin pieces.
 
 pub mod admin;
+pub mod metrics;
 pub mod pki;
 pub mod tls;
