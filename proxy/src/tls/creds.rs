@@ -49,6 +49,21 @@ pub struct CredentialFiles {
     pub bundles: Vec<BundleFile>,
 }
 
+impl CredentialFiles {
+    /// The Kubernetes TLS secret layout (also what [`crate::pki::Leaf::write`]
+    /// produces): `tls.crt`, `tls.key`, and `ca.crt` trusted for any domain.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            cert_chain: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            bundles: vec![BundleFile {
+                path: dir.join("ca.crt"),
+                trust_domain: None,
+            }],
+        }
+    }
+}
+
 /// A PEM trust bundle file and the trust domain it is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleFile {

@@ -26,6 +26,14 @@ pub use verify::{IdPattern, Policy, RejectReason, spiffe_id_of};
 
 use std::path::PathBuf;
 
+/// Makes aws-lc-rs the process-wide default rustls provider, for dependencies that
+/// build their own configs from the default (kube's client). Call at the top of each
+/// binary's `main`; meshlink's own configs do not need it. Repeated calls are no-ops.
+pub fn install_default_provider() {
+    // Err only means a provider is already installed, which is the goal.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Why credentials could not be loaded or turned into a config.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -46,6 +46,13 @@ pub struct CredentialWatch {
     pub reload_failures: watch::Receiver<u64>,
 }
 
+impl CredentialWatch {
+    /// The newest configs (cheap: clones an `Arc`).
+    pub fn current(&self) -> Arc<TlsConfigs> {
+        self.configs.borrow().clone()
+    }
+}
+
 /// Loads the files now (failing if they are bad) and spawns a task that reloads
 /// them every `interval` when their content changes. Must run inside a tokio runtime.
 pub fn watch_credentials(

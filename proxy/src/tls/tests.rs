@@ -333,7 +333,7 @@ fn serve_forever(listener: TcpListener, watch: CredentialWatch) {
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let config = watch.configs.borrow().server.clone();
+            let config = watch.current().server.clone();
             tokio::spawn(async move {
                 let (mut tls, _) = accept(config, tcp, &Policy::AnyTrusted, LIMIT)
                     .await
@@ -356,14 +356,8 @@ async fn rotation_keeps_live_transfers_and_serves_new_certificate() {
     let ca = root();
     let first = leaf(&ca, SERVER, Validity::days(1));
     let written = first.write(dir.path(), ca.root_pem()).unwrap();
-    let files = CredentialFiles {
-        cert_chain: written.cert_chain.clone(),
-        key: written.key.clone(),
-        bundles: vec![BundleFile {
-            path: written.bundle,
-            trust_domain: None,
-        }],
-    };
+    let files = CredentialFiles::in_dir(dir.path());
+    assert_eq!(files.bundles[0].path, written.bundle);
     let mut watch = watch_credentials(files, vec![], Duration::from_millis(20)).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
