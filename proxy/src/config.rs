@@ -16,6 +16,7 @@ use crate::detect::DetectConfig;
 use crate::inbound::InboundConfig;
 use crate::init::InitConfig;
 use crate::outbound::{OutboundConfig, TargetMode};
+use crate::tls::{BundleFile, CredentialFiles, IdPattern, Policy};
 
 /// The `proxy` binary.
 #[derive(Debug, Parser)]
@@ -49,6 +50,24 @@ pub struct TlsArgs {
     pub tls_trust: Vec<PathBuf>,
 }
 
+impl TlsArgs {
+    /// The files to load and watch. Bundles carry no trust-domain restriction.
+    pub fn files(&self) -> CredentialFiles {
+        CredentialFiles {
+            cert_chain: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            bundles: self
+                .tls_trust
+                .iter()
+                .map(|path| BundleFile {
+                    path: path.clone(),
+                    trust_domain: None,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Timeouts and limits, shared by proxy and gateway.
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
@@ -61,6 +80,14 @@ pub struct LimitArgs {
     /// Opaque connections idle this long are closed, in seconds.
     #[arg(long, env = "MESHLINK_IDLE_TIMEOUT_S", default_value_t = 3600)]
     pub idle_timeout_s: u64,
+    /// Peer identities allowed to connect (SPIFFE IDs, a trailing `*` matches a
+    /// prefix); repeatable. None given: any identity from a trusted bundle.
+    #[arg(
+        long = "allow-identity",
+        env = "MESHLINK_ALLOW_IDENTITIES",
+        value_delimiter = ','
+    )]
+    pub allow_identities: Vec<String>,
     /// Time allowed to drain after SIGTERM, in seconds.
     #[arg(long, env = "MESHLINK_DRAIN_DEADLINE_S", default_value_t = 30)]
     pub drain_deadline_s: u64,
@@ -92,6 +119,17 @@ impl LimitArgs {
             Duration::from_millis(self.handshake_timeout_ms),
             Duration::from_secs(self.idle_timeout_s),
         ))
+    }
+
+    /// The peer policy from `--allow-identity`.
+    pub fn policy(&self) -> Result<Policy, Error> {
+        if self.allow_identities.is_empty() {
+            return Ok(Policy::AnyTrusted);
+        }
+        let patterns = self.allow_identities.iter().map(|p| {
+            IdPattern::parse(p).map_err(|e| Error::Config(format!("allow-identity {p:?}: {e}")))
+        });
+        Ok(Policy::Allow(patterns.collect::<Result<_, _>>()?))
     }
 
     /// The validated opaque copy buffer size.
@@ -206,6 +244,7 @@ impl RunArgs {
             inbound: InboundConfig {
                 app: *app_addr,
                 detect,
+                policy: limits.policy()?,
                 accept,
                 handshake_timeout,
                 idle_timeout,
@@ -306,6 +345,7 @@ mod tests {
         assert_eq!(c.outbound.target, TargetMode::OriginalDst);
         assert_eq!(c.inbound.app.port(), 8080);
         assert_eq!(c.outbound.detect.timeout, Duration::from_secs(1));
+        assert_eq!(c.inbound.policy, Policy::AnyTrusted);
     }
 
     #[test]

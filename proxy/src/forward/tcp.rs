@@ -20,13 +20,13 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(pick) = target.balancer.pick() else {
-        ctx.metrics.tcp_close(ctx.direction, 0, 0);
+        ctx.metrics.tcp_close(ctx.listener, 0, 0);
         return Err(Error::NoEndpoints(target.name.clone()));
     };
     let upstream = match pick.service().opaque().open().await {
         Ok(upstream) => upstream,
         Err(error) => {
-            ctx.metrics.tcp_close(ctx.direction, 0, 0);
+            ctx.metrics.tcp_close(ctx.listener, 0, 0);
             return Err(error);
         }
     };
@@ -59,7 +59,7 @@ where
         }
     };
     ctx.metrics
-        .tcp_close(ctx.direction, client.read, client.written);
+        .tcp_close(ctx.listener, client.read, client.written);
     result.map_err(Error::from)
 }
 
