@@ -8,6 +8,8 @@
 //! ([`proxy::route::Router`]) → forward. No protocol detection: the header names
 //! the session protocol.
 
+pub mod config;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -127,15 +127,19 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
 
 #[tokio::test]
 async fn stuck_connection_is_cut_at_the_deadline() {
-    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (accepted_tx, accepted) = oneshot::channel();
     tokio::spawn(async move {
-        let (_held, _) = echo.accept().await.unwrap();
-        std::future::pending::<()>().await;
+        let (held, _) = upstream.accept().await.unwrap();
+        accepted_tx.send(held).unwrap();
     });
-    let (addr, stop, server) = outbound(echo_addr.to_string(), Duration::from_millis(200)).await;
+    let (addr, stop, server) =
+        outbound(upstream_addr.to_string(), Duration::from_millis(200)).await;
     let mut conn = TcpStream::connect(addr).await.unwrap();
     conn.write_all(b"\x00opaque and never done").await.unwrap();
+    // The proxy has accepted and connected upstream: the connection is in flight.
+    let _held = accepted.await.unwrap();
 
     let started = tokio::time::Instant::now();
     stop.send(()).unwrap();
