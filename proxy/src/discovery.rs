@@ -178,6 +178,7 @@ impl Discovery for StaticDiscovery {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 
