@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures::future::try_join_all;
 
 use crate::binaries::Binaries;
-use crate::cleanup::Cleanup;
+use crate::cleanup::{Cleanup, CleanupGuard};
 use crate::cluster::{Cluster, ClusterParams};
 use crate::error::{Error, Result};
 use crate::etcd::Etcd;
@@ -81,14 +81,22 @@ impl HarnessBuilder {
 
     /// Starts etcd, then every cluster's apiserver concurrently, and waits until all
     /// are ready.
-    pub async fn start(self) -> Result<Harness> {
+    pub async fn start(mut self) -> Result<Harness> {
         validate(&self.clusters)?;
-        let started = Instant::now();
-        let binaries = match self.binaries {
+        let binaries = match self.binaries.take() {
             Some(b) => b,
             None => Binaries::locate()?,
         };
         let cleanup = Cleanup::register();
+        // Undoes a half-built harness if start fails or its future is dropped.
+        let guard = CleanupGuard::new(&cleanup);
+        let harness = self.start_parts(binaries, cleanup).await?;
+        guard.disarm();
+        Ok(harness)
+    }
+
+    async fn start_parts(self, binaries: Binaries, cleanup: Cleanup) -> Result<Harness> {
+        let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .tempdir()
@@ -255,4 +263,26 @@ pub(crate) fn is_dns_label(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
         && s.chars()
             .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tests share a harness across tasks (`Arc<Harness>`), so it must stay Send + Sync.
+    #[test]
+    fn harness_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Harness>();
+        check::<Cluster>();
+        check::<crate::Pod>();
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        assert!(is_dns_label("east-1", 20));
+        for bad in ["", "East", "1east", "east-", "a b", "x".repeat(21).as_str()] {
+            assert!(!is_dns_label(bad, 20), "{bad:?}");
+        }
+    }
 }

@@ -23,9 +23,10 @@
 
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::cleanup::Cleanup;
 use crate::error::{Error, Result};
@@ -391,6 +392,16 @@ fn run(cmd: &mut Command) -> Result<()> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
     }
+}
+
+/// Whether a TCP connection to `addr` succeeds within 200 ms (without blocking the
+/// runtime, which is single-threaded in `#[tokio::test]`).
+pub(crate) async fn connects(addr: SocketAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 #[cfg(test)]

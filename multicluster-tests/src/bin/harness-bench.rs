@@ -12,12 +12,7 @@ use multicluster_tests::{Binaries, Harness};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,kube_client=off".into()),
-        )
-        .init();
+    multicluster_tests::init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let clusters: usize = args
         .first()
