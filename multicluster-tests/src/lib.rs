@@ -47,7 +47,7 @@ mod pod;
 mod process;
 mod publish;
 
-pub use binaries::Binaries;
+pub use binaries::{Binaries, meshlink_binary};
 pub use cluster::Cluster;
 pub use error::{Error, Result};
 pub use harness::{Harness, HarnessBuilder};
