@@ -34,6 +34,13 @@ fn creds(leaf: &Leaf, bundles: Vec<TrustBundle>) -> Credentials {
     Credentials::from_pem(leaf.chain_pem.as_bytes(), leaf.key_pem.as_bytes(), bundles).unwrap()
 }
 
+/// A client presenting `leaf` and trusting `ca`'s root.
+fn client_of(leaf: &Leaf, ca: &Ca) -> Arc<ClientConfig> {
+    creds(leaf, vec![bundle(ca, None)])
+        .client_config(&[])
+        .unwrap()
+}
+
 fn root() -> Ca {
     Ca::root("meshlink test root", Validity::days(2)).unwrap()
 }
@@ -162,13 +169,8 @@ async fn alpn_selects_transport_header_protocol() {
 #[tokio::test]
 async fn refuses_client_without_certificate() {
     let p = pair(&root());
-    let anonymous = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_no_client_auth();
-    let reason = refused(p.server, Policy::AnyTrusted, Arc::new(anonymous)).await;
+    let anonymous = anonymous_client(&rustls::version::TLS13);
+    let reason = refused(p.server, Policy::AnyTrusted, anonymous).await;
     assert_eq!(reason, RejectReason::NoClientCert);
 }
 
@@ -177,16 +179,8 @@ async fn refuses_client_from_untrusted_root() {
     let ca = root();
     let p = pair(&ca);
     let stranger = root();
-    let client = creds(
-        &leaf(&stranger, CLIENT, Validity::days(1)),
-        vec![bundle(&ca, None)],
-    );
-    let reason = refused(
-        p.server,
-        Policy::AnyTrusted,
-        client.client_config(&[]).unwrap(),
-    )
-    .await;
+    let client = client_of(&leaf(&stranger, CLIENT, Validity::days(1)), &ca);
+    let reason = refused(p.server, Policy::AnyTrusted, client).await;
     assert_eq!(reason, RejectReason::UntrustedIssuer);
 }
 
@@ -194,16 +188,8 @@ async fn refuses_client_from_untrusted_root() {
 async fn refuses_expired_client_certificate() {
     let ca = root();
     let p = pair(&ca);
-    let client = creds(
-        &leaf(&ca, CLIENT, Validity::expired()),
-        vec![bundle(&ca, None)],
-    );
-    let reason = refused(
-        p.server,
-        Policy::AnyTrusted,
-        client.client_config(&[]).unwrap(),
-    )
-    .await;
+    let client = client_of(&leaf(&ca, CLIENT, Validity::expired()), &ca);
+    let reason = refused(p.server, Policy::AnyTrusted, client).await;
     assert_eq!(reason, RejectReason::Expired);
 }
 
@@ -220,13 +206,8 @@ async fn refuses_forbidden_identity() {
 #[tokio::test]
 async fn refuses_tls12_only_client() {
     let p = pair(&root());
-    let tls12 = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_no_client_auth();
-    let reason = refused(p.server, Policy::AnyTrusted, Arc::new(tls12)).await;
+    let tls12 = anonymous_client(&rustls::version::TLS12);
+    let reason = refused(p.server, Policy::AnyTrusted, tls12).await;
     assert_eq!(reason, RejectReason::ProtocolVersion);
 }
 
@@ -416,6 +397,17 @@ async fn rotation_keeps_live_transfers_and_serves_new_certificate() {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (still, _) = connect(client, tcp, &id(SERVER), LIMIT).await.unwrap();
     assert_eq!(peer_serial(still.get_ref().1), second.serial);
+}
+
+/// A client with no certificate that trusts any server, speaking only `version`.
+fn anonymous_client(version: &'static rustls::SupportedProtocolVersion) -> Arc<ClientConfig> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 /// Test-only verifier for clients that must reach the server's certificate check
