@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 /// Root certificates trusted for one trust domain, or for any when `trust_domain`
 /// is `None` (the local mesh root). A Link's federated bundle names its domain so
-/// that CA can vouch only for identities in that domain.
+/// that CA can vouch only for identities in that domain. Binding is exclusive: once
+/// a domain has a bound bundle, its identities are checked against that bundle only.
 #[derive(Debug, Clone)]
 pub struct TrustBundle {
     /// Domain this bundle may vouch for; `None` means any.

@@ -74,7 +74,9 @@ where
 }
 
 /// Client side: completes the handshake and checks the server is `expected`.
-/// Nothing is written to the connection before that check passes.
+/// Nothing is written to the connection before that check passes. In TLS 1.3 the
+/// server judges our certificate after this returns: a refusal surfaces on the
+/// first read, classified by [`RejectReason::from_io`] as `AlertReceived`.
 pub async fn connect<IO>(
     config: Arc<ClientConfig>,
     io: IO,
