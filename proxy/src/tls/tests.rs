@@ -126,15 +126,12 @@ async fn mutual_tls_sees_both_identities() {
 }
 
 #[tokio::test]
-async fn alpn_selects_transport_header_protocol() {
+async fn transport_header_follows_alpn_and_leaves_session_bytes() {
+    use api::transport_header::{ALPN, SessionProtocol, TargetName, TransportHeader};
     let ca = root();
-    let alpn = vec![api::transport_header::ALPN.to_vec()];
+    let alpn = vec![ALPN.to_vec()];
     let server = creds(
         &leaf(&ca, SERVER, Validity::days(1)),
-        vec![bundle(&ca, None)],
-    );
-    let client = creds(
-        &leaf(&ca, CLIENT, Validity::days(1)),
         vec![bundle(&ca, None)],
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -142,28 +139,36 @@ async fn alpn_selects_transport_header_protocol() {
     let config = server.server_config(&alpn).unwrap();
     let task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let (tls, _) = accept(config, tcp, &Policy::AnyTrusted, LIMIT)
+        let (mut tls, _) = accept(config, tcp, &Policy::AnyTrusted, LIMIT)
             .await
             .unwrap();
-        tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN));
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        let header = read_header(&mut tls, deadline).await.unwrap();
+        let mut session = Vec::new();
+        tls.read_to_end(&mut session).await.unwrap();
+        (header, session)
+    });
+    let sent = TransportHeader {
+        name: TargetName::parse("books.shop.svc.cluster.local").unwrap(),
+        port: 8080.try_into().unwrap(),
+        protocol: SessionProtocol::Http1,
+        hops: 0,
+    };
+    let client = client_of(&leaf(&ca, CLIENT, Validity::days(1)), &ca);
+    let client = Arc::new({
+        let mut c = (*client).clone();
+        c.alpn_protocols = alpn;
+        c
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (tls, _) = connect(
-        client.client_config(&alpn).unwrap(),
-        tcp,
-        &id(SERVER),
-        LIMIT,
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        tls.get_ref().1.alpn_protocol(),
-        Some(api::transport_header::ALPN)
-    );
-    assert_eq!(
-        task.await.unwrap().as_deref(),
-        Some(api::transport_header::ALPN)
-    );
+    let (mut tls, _) = connect(client, tcp, &id(SERVER), LIMIT).await.unwrap();
+    write_header(&mut tls, &sent).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    tls.shutdown().await.unwrap();
+    let (header, session) = task.await.unwrap();
+    assert_eq!(header, sent);
+    assert_eq!(session, b"GET / HTTP/1.1\r\n\r\n");
 }
 
 #[tokio::test]
