@@ -127,48 +127,76 @@ async fn mutual_tls_sees_both_identities() {
 
 #[tokio::test]
 async fn transport_header_follows_alpn_and_leaves_session_bytes() {
-    use api::transport_header::{ALPN, SessionProtocol, TargetName, TransportHeader};
+    use crate::detect::Protocol;
+    use crate::forward::connect::ClientTls;
+    use crate::header::{self, ALPN, TransportTarget};
     let ca = root();
-    let alpn = vec![ALPN.to_vec()];
     let server = creds(
         &leaf(&ca, SERVER, Validity::days(1)),
         vec![bundle(&ca, None)],
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = server.server_config(&alpn).unwrap();
+    let config = server.server_config(&[ALPN.to_vec()]).unwrap();
     let task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let (mut tls, _) = accept(config, tcp, &Policy::AnyTrusted, LIMIT)
             .await
             .unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN));
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        let header = read_header(&mut tls, deadline).await.unwrap();
+        let target = header::read(&mut tls).await.unwrap();
         let mut session = Vec::new();
         tls.read_to_end(&mut session).await.unwrap();
-        (header, session)
+        (target, session)
     });
-    let sent = TransportHeader {
-        name: TargetName::parse("books.shop.svc.cluster.local").unwrap(),
-        port: 8080.try_into().unwrap(),
-        protocol: SessionProtocol::Http1,
-        hops: 0,
-    };
-    let client = client_of(&leaf(&ca, CLIENT, Validity::days(1)), &ca);
-    let client = Arc::new({
-        let mut c = (*client).clone();
-        c.alpn_protocols = alpn;
-        c
-    });
+    let sent =
+        TransportTarget::new("books.shop.svc.cluster.local:8080", Protocol::Http1, 0).unwrap();
+    let client = SpiffeClientTls::fixed(creds(
+        &leaf(&ca, CLIENT, Validity::days(1)),
+        vec![bundle(&ca, None)],
+    ))
+    .unwrap();
+    let config = client.config(SERVER, Some(ALPN)).unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut tls, _) = connect(client, tcp, &id(SERVER), LIMIT).await.unwrap();
-    write_header(&mut tls, &sent).await.unwrap();
+    let (mut tls, _) = connect(config, tcp, &id(SERVER), LIMIT).await.unwrap();
+    tls.write_all(&sent.encode()).await.unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     tls.shutdown().await.unwrap();
-    let (header, session) = task.await.unwrap();
-    assert_eq!(header, sent);
+    let (target, session) = task.await.unwrap();
+    assert_eq!(target, sent);
     assert_eq!(session, b"GET / HTTP/1.1\r\n\r\n");
+}
+
+#[tokio::test]
+async fn request_path_client_tls_pins_the_expected_identity_in_the_handshake() {
+    use crate::forward::connect::ClientTls;
+    let ca = root();
+    let p = pair(&ca);
+    let client = SpiffeClientTls::fixed(creds(
+        &leaf(&ca, CLIENT, Validity::days(1)),
+        vec![bundle(&ca, None)],
+    ))
+    .unwrap();
+    // The request path connects by IP and relies on the verifier alone.
+    let handshake = |expected: &str| {
+        let config = client.config(expected, None).unwrap();
+        let server = p.server.clone();
+        async move {
+            let (addr, _task) = serve_once(server, Policy::AnyTrusted).await;
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::IpAddress(addr.ip().into());
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+        }
+    };
+    let tls = handshake(SERVER).await.unwrap();
+    assert_eq!(peer_id(tls.get_ref().1).unwrap(), id(SERVER));
+    let err = handshake("spiffe://east.local/ns/shop/sa/books")
+        .await
+        .unwrap_err();
+    assert_eq!(RejectReason::from_io(&err), RejectReason::IdentityMismatch);
+    assert!(client.config("not-a-spiffe-id", None).is_err());
 }
 
 #[tokio::test]

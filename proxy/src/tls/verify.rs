@@ -116,7 +116,7 @@ impl RejectReason {
         }
     }
 
-    fn into_rustls(self) -> rustls::Error {
+    pub(super) fn into_rustls(self) -> rustls::Error {
         rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
             self,
         ))))
@@ -311,8 +311,36 @@ impl ServerCertVerifier for Anchors<dyn ServerCertVerifier> {
     signature_methods!();
 }
 
+/// A server verifier that admits only one SPIFFE ID, checked inside the handshake
+/// so a wrong peer fails before any application byte is written.
+#[derive(Debug)]
+pub(super) struct ExpectedIdentity {
+    pub(super) expected: SpiffeId,
+    pub(super) inner: Arc<dyn ServerCertVerifier>,
+    pub(super) provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ExpectedIdentity {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = spiffe_id_of(end_entity).map_err(RejectReason::into_rustls)?;
+        if id != self.expected {
+            return Err(RejectReason::IdentityMismatch.into_rustls());
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    signature_methods!();
+}
+
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 
