@@ -11,6 +11,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}" >&2
   apt-get update -qq >&2
@@ -21,6 +22,6 @@ for tool in cargo go; do
 done
 
 echo "==> Kubernetes binaries (built from Go modules once, then cached)" >&2
-MESHLINK_BIN_DIR=$("$repo/multicluster-tests/go/build.sh")
-export MESHLINK_BIN_DIR
-echo "    $MESHLINK_BIN_DIR" >&2
+MESHLINK_K8S_BIN=$("$repo/multicluster-tests/go/build.sh")
+export MESHLINK_K8S_BIN
+echo "    $MESHLINK_K8S_BIN" >&2

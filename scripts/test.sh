@@ -12,9 +12,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test" >&2
 cargo test --workspace --locked --no-fail-fast
 
-leftover=$(ip netns list 2>/dev/null | grep -c '^ml-' || true)
+leftover=$(ip netns list 2>/dev/null | grep -c '^mlh[0-9]' || true)
 if [ "$leftover" != 0 ]; then
   echo "error: $leftover harness network namespace(s) left behind:" >&2
-  ip netns list | grep '^ml-' >&2
+  ip netns list | grep '^mlh[0-9]' >&2
   exit 1
 fi

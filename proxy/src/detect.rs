@@ -212,6 +212,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;

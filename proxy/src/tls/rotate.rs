@@ -77,14 +77,6 @@ impl CredentialWatch {
     pub fn current(&self) -> Arc<TlsConfigs> {
         self.configs.borrow().clone()
     }
-
-    /// The request path's client TLS (`proxy::forward::connect::ClientTls`),
-    /// following rotation.
-    pub fn client_tls(&self) -> Arc<SpiffeClientTls> {
-        Arc::new(SpiffeClientTls {
-            configs: self.configs.clone(),
-        })
-    }
 }
 
 /// Loads the files now (failing if they are bad) and spawns a task that reloads
@@ -128,35 +120,6 @@ pub fn watch_credentials(
         server,
         reload_failures,
     })
-}
-
-/// [`ClientTls`](crate::forward::connect::ClientTls) over rotating credentials:
-/// each call takes the newest generation and pins the expected SPIFFE ID.
-#[derive(Debug, Clone)]
-pub struct SpiffeClientTls {
-    configs: watch::Receiver<Arc<TlsConfigs>>,
-}
-
-impl SpiffeClientTls {
-    /// Client TLS from fixed credentials (tests, one-shot tools).
-    pub fn fixed(creds: Credentials) -> Result<Self, TlsError> {
-        let (_, configs) = watch::channel(Arc::new(TlsConfigs::build(&creds, &[])?));
-        Ok(Self { configs })
-    }
-}
-
-impl crate::forward::connect::ClientTls for SpiffeClientTls {
-    fn config(
-        &self,
-        identity: &str,
-        alpn: Option<&[u8]>,
-    ) -> Result<Arc<ClientConfig>, crate::Error> {
-        let expected = SpiffeId::parse(identity).map_err(|e| crate::Error::ClientTls {
-            identity: identity.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Ok(self.configs.borrow().client_for(&expected, alpn))
-    }
 }
 
 /// File contents (or read errors) used to detect changes.
