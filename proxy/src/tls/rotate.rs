@@ -130,11 +130,23 @@ fn snapshot(files: &CredentialFiles) -> Vec<Option<Vec<u8>>> {
     paths.map(|p| std::fs::read(p).ok()).collect()
 }
 
+/// Our leaf's serial. Also warns when the leaf is outside its validity window:
+/// peers will refuse it, and the log should say why before they do.
 fn leaf_serial(creds: &Credentials) -> Vec<u8> {
     use x509_parser::prelude::{FromDer, X509Certificate};
-    X509Certificate::from_der(creds.leaf().as_ref())
-        .map(|(_, c)| c.raw_serial().to_vec())
-        .unwrap_or_default()
+    let Ok((_, cert)) = X509Certificate::from_der(creds.leaf().as_ref()) else {
+        return Vec::new();
+    };
+    if !cert.validity().is_valid() {
+        let validity = cert.validity();
+        tracing::warn!(
+            id = %creds.local_id(),
+            not_before = %validity.not_before,
+            not_after = %validity.not_after,
+            "local TLS certificate is outside its validity window"
+        );
+    }
+    cert.raw_serial().to_vec()
 }
 
 fn hex(bytes: &[u8]) -> String {
