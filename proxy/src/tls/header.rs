@@ -82,7 +82,6 @@ where
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
     use api::transport_header::{SessionProtocol, TargetName};

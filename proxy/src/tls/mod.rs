@@ -15,7 +15,6 @@ mod rotate;
 mod verify;
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests;
 
 pub use creds::{BundleFile, CredentialFiles, Credentials, TrustBundle, provider};
