@@ -38,6 +38,7 @@
 mod binaries;
 mod cleanup;
 mod cluster;
+mod components;
 mod error;
 mod etcd;
 mod harness;
@@ -49,6 +50,7 @@ mod publish;
 
 pub use binaries::{Binaries, meshlink_binary};
 pub use cluster::Cluster;
+pub use components::{ControllerProcess, free_addr};
 pub use error::{Error, Result};
 pub use harness::{Harness, HarnessBuilder};
 pub use net::{AddressPlan, MAX_CLUSTERS, MAX_GATEWAYS, SLOTS, netns_names};

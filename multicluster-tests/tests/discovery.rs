@@ -317,59 +317,16 @@ async fn the_controller_binary_serves_discovery_and_stops_on_sigterm() -> Result
         .await?;
     let west = harness.cluster("west");
     apply_books(&west.client(), &[("198.18.200.1", "zone-a")]).await?;
-    let port = |l: std::net::TcpListener| l.local_addr().map(|a| a.port());
-    let (grpc, admin) = (
-        port(std::net::TcpListener::bind("127.0.0.1:0")?)?,
-        port(std::net::TcpListener::bind("127.0.0.1:0")?)?,
-    );
-    let mut child =
-        tokio::process::Command::new(multicluster_tests::meshlink_binary("controller")?)
-            .args(["--cluster-name", "west", "--kubeconfig"])
-            .arg(west.kubeconfig_path())
-            .args([
-                "--discovery-addr",
-                &format!("127.0.0.1:{grpc}"),
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .kill_on_drop(true)
-            .spawn()?;
+    let controller = multicluster_tests::ControllerProcess::start(west).await?;
 
-    let ready = async {
-        loop {
-            let status = tokio::process::Command::new("curl")
-                .args([
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    &format!("http://127.0.0.1:{admin}/ready"),
-                ])
-                .output()
-                .await?;
-            if status.stdout == b"200" {
-                return anyhow::Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(DEADLINE, ready)
-        .await
-        .context("controller never became ready")??;
-
-    let discovery = proxy_discovery(format!("127.0.0.1:{grpc}").parse()?, "zone-a")?;
+    let discovery = proxy_discovery(controller.discovery, "zone-a")?;
     let mut rx = discovery
         .resolve(BOOKS)
         .await?
         .context("books should exist")?;
     wait_for(&mut rx, &["198.18.200.1:80"]).await?;
 
-    let pid = nix::unistd::Pid::from_raw(child.id().context("controller exited early")? as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .context("controller ignored SIGTERM")??;
+    let status = controller.terminate().await?;
     assert!(
         status.success(),
         "controller exited with {status} on SIGTERM"

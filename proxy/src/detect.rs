@@ -229,7 +229,11 @@ mod tests {
         });
         assert_eq!(first, Some(Protocol::Opaque));
         for n in MAX_METHOD_LEN..=input.len() {
-            assert_eq!(classify(&input[..n]), Verdict::Known(Protocol::Opaque), "at {n} bytes");
+            assert_eq!(
+                classify(&input[..n]),
+                Verdict::Known(Protocol::Opaque),
+                "at {n} bytes"
+            );
         }
     }
 

@@ -51,25 +51,11 @@ async fn main() -> Result<()> {
         start.elapsed().as_secs_f64()
     );
 
-    let (grpc, admin) = (free_port()?, free_port()?);
-    let mut controller =
-        tokio::process::Command::new(multicluster_tests::meshlink_binary("controller")?)
-            .args(["--cluster-name", "west", "--kubeconfig"])
-            .arg(west.kubeconfig_path())
-            .args([
-                "--discovery-addr",
-                &format!("127.0.0.1:{grpc}"),
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .env("RUST_LOG", "warn")
-            .kill_on_drop(true)
-            .spawn()?;
-    let pid = controller.id().context("controller exited")?;
-    wait_ready(admin).await?;
+    let controller = multicluster_tests::ControllerProcess::start(west).await?;
+    let pid = controller.pid().context("controller exited")?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-    subscribe(grpc, tx.clone()).await?;
+    subscribe(controller.discovery.port(), tx.clone()).await?;
     println!(
         "{SUBSCRIBERS} subscribers connected; controller RSS {} MiB",
         rss_mib(pid, "VmRSS")?
@@ -96,32 +82,8 @@ async fn main() -> Result<()> {
     }
     let peak = rss_mib(pid, "VmHWM")?;
     report(&fanout, &direct, peak);
-    controller.kill().await?;
+    controller.terminate().await?;
     Ok(())
-}
-
-/// Polls the controller's /ready (HTTP/1.0 over a plain socket) until it says 200.
-async fn wait_ready(admin: u16) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
-            let mut reply = Vec::new();
-            conn.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await?;
-            conn.read_to_end(&mut reply).await?;
-            if reply.starts_with(b"HTTP/1.0 200") || reply.starts_with(b"HTTP/1.1 200") {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("controller not ready within 30 s")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn create_services(client: &Client) -> Result<()> {
