@@ -5,7 +5,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -13,10 +14,13 @@ use clap::{Args, Parser, Subcommand};
 use crate::Error;
 use crate::accept::AcceptConfig;
 use crate::detect::DetectConfig;
+use crate::discovery::StaticDiscovery;
 use crate::inbound::InboundConfig;
 use crate::init::InitConfig;
 use crate::outbound::{OutboundConfig, TargetMode};
-use crate::tls::{BundleFile, CredentialFiles, IdPattern, Policy};
+use crate::tls::{
+    BundleFile, CredentialFiles, CredentialWatch, IdPattern, Policy, watch_credentials,
+};
 
 /// The `proxy` binary.
 #[derive(Debug, Parser)]
@@ -66,6 +70,19 @@ impl TlsArgs {
                 .collect(),
         }
     }
+}
+
+/// Loads what every data-plane binary needs before binding: the discovery file
+/// and the credentials (watched for rotation every `poll`), with client and
+/// server configs offering the transport-header ALPN.
+pub fn load(
+    discovery_file: &Path,
+    tls: &TlsArgs,
+    poll: Duration,
+) -> Result<(Arc<StaticDiscovery>, CredentialWatch), Error> {
+    let discovery = Arc::new(StaticDiscovery::from_file(discovery_file)?);
+    let creds = watch_credentials(tls.files(), vec![crate::header::ALPN.to_vec()], poll)?;
+    Ok((discovery, creds))
 }
 
 /// Timeouts and limits, shared by proxy and gateway.
