@@ -80,7 +80,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let inbound = Inbound::new(
         config.inbound,
         creds.configs.clone(),
-        &router,
+        router.clone(),
         metrics.clone(),
     );
     let outbound = Outbound::new(config.outbound, router, metrics);

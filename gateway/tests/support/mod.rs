@@ -23,7 +23,7 @@ use proxy::detect::DetectConfig;
 use proxy::discovery::{Endpoint, StaticDiscovery};
 use proxy::forward::connect::Connector;
 use proxy::header::ALPN;
-use proxy::inbound::{Inbound, InboundConfig};
+use proxy::inbound::{AppTarget, Inbound, InboundConfig};
 use proxy::metrics::Metrics;
 use proxy::outbound::{Outbound, OutboundConfig, TargetMode};
 use proxy::pki::{Ca, Validity};
@@ -207,7 +207,7 @@ impl Mesh {
         );
         let inbound_proxy = Inbound::new(
             InboundConfig {
-                app,
+                app: AppTarget::Fixed(app),
                 detect: detect(),
                 policy: Policy::AnyTrusted,
                 accept: AcceptConfig::default(),
@@ -216,7 +216,7 @@ impl Mesh {
                 buffer_size: 16 * 1024,
             },
             pki.watch(BOOKS_ID),
-            &router,
+            Arc::new(router),
             inbound_metrics,
         );
         tokio::spawn(inbound_proxy.serve(inbound_l, stop()));
