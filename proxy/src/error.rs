@@ -66,6 +66,14 @@ pub enum Error {
     /// The original destination of a redirected connection could not be read.
     #[error("reading SO_ORIGINAL_DST")]
     OriginalDst(#[source] nix::Error),
+    /// The discovery service could not answer for a target.
+    #[error("discovery for {target} unavailable: {reason}")]
+    DiscoveryUnavailable {
+        /// The target being resolved.
+        target: String,
+        /// The stream's error.
+        reason: String,
+    },
     /// A socket-level I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -13,6 +13,7 @@ pub mod balance;
 pub mod config;
 pub mod detect;
 pub mod discovery;
+pub mod discovery_grpc;
 mod error;
 pub mod forward;
 pub mod header;

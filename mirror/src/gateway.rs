@@ -1,0 +1,241 @@
+//! The gateway watcher of one Link: resolves the gateway's addresses (DNS names
+//! through hickory, re-resolved periodically) and probes its admin port with an
+//! HTTPS GET over mTLS every period (with jitter). `failureThreshold` consecutive
+//! failed rounds make the gateway not alive; one passing round makes it alive.
+//! Results go out on a `watch` channel as [`GatewayReport`]s.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::link::LinkSpec;
+use hickory_resolver::TokioResolver;
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use rand::Rng;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::desired::GatewayState;
+use crate::error::Error;
+use crate::metrics::ClusterMetrics;
+
+/// What the gateway watcher last found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayReport {
+    /// Liveness and resolved addresses.
+    pub state: GatewayState,
+    /// When the last probe round ended.
+    pub last_probe: Option<Time>,
+}
+
+/// Consecutive-failure bookkeeping, separate from I/O so it is unit-tested.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness {
+    failures: u32,
+    alive: bool,
+}
+
+impl Liveness {
+    /// Records one probe round; returns whether the gateway is now alive.
+    pub fn record(&mut self, passed: bool, threshold: u32) -> bool {
+        if passed {
+            self.failures = 0;
+            self.alive = true;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            if self.failures >= threshold {
+                self.alive = false;
+            }
+        }
+        self.alive
+    }
+}
+
+/// How often DNS gateway names are resolved again.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Resolves and probes one Link's gateway.
+pub struct GatewayProber {
+    spec: Arc<LinkSpec>,
+    tls: Arc<ClientConfig>,
+    resolver: TokioResolver,
+    resolve_interval: Duration,
+    metrics: ClusterMetrics,
+}
+
+impl GatewayProber {
+    /// A prober with the system DNS configuration.
+    pub fn new(
+        spec: Arc<LinkSpec>,
+        tls: Arc<ClientConfig>,
+        resolve_interval: Duration,
+        metrics: ClusterMetrics,
+    ) -> Result<Self, Error> {
+        let resolver = TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(|e| Error::Resolver(e.to_string()))?;
+        Ok(Self {
+            spec,
+            tls,
+            resolver,
+            resolve_interval,
+            metrics,
+        })
+    }
+
+    /// Probes forever, publishing every change on `tx`.
+    pub async fn run(self, tx: watch::Sender<GatewayReport>) {
+        let mut liveness = Liveness::default();
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        let mut resolved_at: Option<Instant> = None;
+        let period = Duration::from_secs(u64::from(self.spec.probe.period_seconds));
+        loop {
+            if resolved_at.is_none_or(|t| t.elapsed() >= self.resolve_interval)
+                || addresses.is_empty()
+            {
+                addresses = self.resolve().await;
+                resolved_at = Some(Instant::now());
+            }
+            let passed = self.probe_round(&addresses).await;
+            let alive = liveness.record(passed, self.spec.probe.failure_threshold);
+            self.metrics.gateway_alive.set(i64::from(alive));
+            tx.send_modify(|r| {
+                r.state = GatewayState {
+                    alive,
+                    addresses: addresses.clone(),
+                };
+                r.last_probe = Some(Time(Timestamp::now()));
+            });
+            tokio::time::sleep(jittered(period)).await;
+        }
+    }
+
+    /// Every configured address as IPs; names that fail to resolve are logged
+    /// and left out (the other addresses still serve).
+    async fn resolve(&self) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for addr in &self.spec.gateway_addresses {
+            if let Ok(ip) = addr.parse::<IpAddr>() {
+                out.push(ip);
+                continue;
+            }
+            match self.resolver.lookup_ip(addr.as_str()).await {
+                Ok(found) => out.extend(found.iter()),
+                Err(e) => tracing::warn!(name = %addr, error = %e, "cannot resolve gateway"),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// One round passes if any address answers the probe.
+    async fn probe_round(&self, addresses: &[IpAddr]) -> bool {
+        let timeout = Duration::from_secs(u64::from(self.spec.probe.timeout_seconds));
+        for ip in addresses {
+            let addr = SocketAddr::new(*ip, self.spec.probe.port);
+            let name = server_name(&self.spec, *ip);
+            match probe_once(self.tls.clone(), name, addr, &self.spec.probe.path, timeout).await {
+                Ok(latency) => {
+                    self.metrics.probe_success.inc();
+                    self.metrics.probe_latency.observe(latency.as_secs_f64());
+                    return true;
+                }
+                Err(e) => {
+                    self.metrics.probe_failure.inc();
+                    tracing::debug!(error = %e, "gateway probe failed");
+                }
+            }
+        }
+        false
+    }
+}
+
+/// The TLS server name to present: the first configured DNS name, else the IP.
+/// The configured verifier decides what it checks (e.g. the SPIFFE URI SAN).
+fn server_name(spec: &LinkSpec, ip: IpAddr) -> ServerName<'static> {
+    spec.gateway_addresses
+        .iter()
+        .filter(|a| a.parse::<IpAddr>().is_err())
+        .find_map(|a| ServerName::try_from(a.clone()).ok())
+        .unwrap_or(ServerName::IpAddress(ip.into()))
+}
+
+/// Up to ±20% around `period`, so many mirrors do not probe in lockstep.
+fn jittered(period: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.8..1.2);
+    period.mul_f64(factor)
+}
+
+/// One HTTPS GET of `path` at `addr`; `Ok(latency)` on a 2xx answer.
+pub async fn probe_once(
+    tls: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<Duration, Error> {
+    let fail = |reason: String| Error::Probe { addr, reason };
+    let start = Instant::now();
+    let attempt = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| fail(format!("connect: {e}")))?;
+        let tls = TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| fail(format!("TLS: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| fail(format!("HTTP handshake: {e}")))?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| fail(format!("request: {e}")))?;
+        let rsp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail(format!("request: {e}")))?;
+        if rsp.status().is_success() {
+            Ok(start.elapsed())
+        } else {
+            Err(fail(format!("status {}", rsp.status())))
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| fail(format!("no answer within {timeout:?}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_after_one_pass_dead_after_threshold_failures() {
+        let mut l = Liveness::default();
+        assert!(!l.record(false, 3), "never seen alive");
+        assert!(l.record(true, 3));
+        assert!(l.record(false, 3));
+        assert!(l.record(false, 3));
+        assert!(!l.record(false, 3), "third miss crosses the threshold");
+        assert!(l.record(true, 3), "one pass revives it");
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10));
+            assert!(d >= Duration::from_secs(8) && d <= Duration::from_secs(12));
+        }
+    }
+}
