@@ -230,7 +230,6 @@ impl schemars::JsonSchema for SpiffeId {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 

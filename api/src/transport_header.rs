@@ -312,5 +312,4 @@ pub fn decode_body(body: &[u8]) -> Result<TransportHeader, HeaderError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests;

@@ -3,7 +3,11 @@
 //! wire format has one encoding per header).
 #![no_main]
 
-use api::transport_header::{MAX_HEADER_LEN, TransportHeader};
+#[path = "../../api/src/transport_header.rs"]
+#[allow(dead_code)] // the target uses only the decoder and encoder
+mod transport_header;
+
+use transport_header::{MAX_HEADER_LEN, TransportHeader};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(Some((header, used))) = TransportHeader::decode(data) {

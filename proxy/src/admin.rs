@@ -188,5 +188,4 @@ pub fn init_tracing_with(format: LogFormat, filter: &str) -> Result<(), LogError
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests;

@@ -7,7 +7,8 @@
 //! values per kind, after which they are reported as `other`. Everything is
 //! registered under the caller's (sub-)registry.
 
-use crate::tls::{ReadHeaderError, RejectReason};
+use crate::header::ReadError;
+use crate::tls::RejectReason;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -79,7 +80,7 @@ impl TlsMetrics {
     }
 
     /// Counts one bad transport header.
-    pub fn header_failed(&self, direction: Direction, err: &ReadHeaderError) {
+    pub fn header_failed(&self, direction: Direction, err: &ReadError) {
         let labels = FailureLabels {
             direction,
             reason: err.reason(),

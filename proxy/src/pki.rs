@@ -237,7 +237,6 @@ fn random_serial() -> Vec<u8> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
     use x509_parser::prelude::{FromDer, GeneralName, Pem, X509Certificate};

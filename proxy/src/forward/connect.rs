@@ -13,28 +13,47 @@ use std::time::Duration;
 use api::identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 
 use crate::Error;
 use crate::detect::Protocol;
 use crate::discovery::Endpoint;
 use crate::header;
-use crate::tls::{self, TlsConfigs};
+use crate::tls;
+
+/// Builds client TLS configurations; `proxy::tls::SpiffeClientTls` implements it
+/// over rotating credentials.
+pub trait ClientTls: Send + Sync + 'static {
+    /// A TLS 1.3 client configuration that presents this proxy's certificate,
+    /// completes a handshake only with a peer proving `identity`, and offers
+    /// `alpn` when given.
+    fn config(
+        &self,
+        identity: &str,
+        alpn: Option<&[u8]>,
+    ) -> Result<Arc<rustls::ClientConfig>, Error>;
+}
 
 /// Opens upstream connections.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Connector {
     timeout: Duration,
-    tls: Option<watch::Receiver<Arc<TlsConfigs>>>,
+    tls: Option<Arc<dyn ClientTls>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Connector {
-    /// A connector with a connect (and handshake) timeout. `tls` carries this
-    /// proxy's current credentials; its client config must offer the
-    /// transport-header ALPN ([`header::ALPN`]) for gateway endpoints to work.
-    /// Without it, meshed endpoints fail.
-    pub fn new(timeout: Duration, tls: Option<watch::Receiver<Arc<TlsConfigs>>>) -> Self {
+    /// A connector with a connect (and handshake) timeout; without `tls`, meshed
+    /// endpoints fail.
+    pub fn new(timeout: Duration, tls: Option<Arc<dyn ClientTls>>) -> Self {
         Self { timeout, tls }
     }
 
@@ -71,7 +90,8 @@ impl Connector {
             Some(authority) => Some(header::header_for(authority, protocol, hop)?),
             None => None,
         };
-        let config = tls.borrow().client.clone();
+        let alpn = header.as_ref().map(|_| header::ALPN);
+        let config = tls.config(identity, alpn)?;
         let (mut stream, _) = tls::connect(config, tcp, &expected, self.timeout)
             .await
             .map_err(|source| Error::Tls {
@@ -79,7 +99,7 @@ impl Connector {
                 source,
             })?;
         if let Some(header) = header {
-            tls::write_header(&mut stream, &header).await?;
+            header::write(&mut stream, &header).await?;
         }
         Ok(Upstream::Tls(Box::new(stream)))
     }

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 /// Root certificates trusted for one trust domain, or for any when `trust_domain`
 /// is `None` (the local mesh root). A Link's federated bundle names its domain so
-/// that CA can vouch only for identities in that domain.
+/// that CA can vouch only for identities in that domain. Binding is exclusive: once
+/// a domain has a bound bundle, its identities are checked against that bundle only.
 #[derive(Debug, Clone)]
 pub struct TrustBundle {
     /// Domain this bundle may vouch for; `None` means any.
@@ -150,13 +151,8 @@ impl Credentials {
     /// [`connect`](super::connect), not here.
     pub fn client_config(&self, alpn: &[Vec<u8>]) -> Result<Arc<ClientConfig>, TlsError> {
         let provider = provider();
-        let verifier = Arc::new(self.anchors(&provider, |roots| {
-            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map(|v| v as Arc<dyn ServerCertVerifier>)
-                .map_err(TlsError::Verifier)
-        })?);
-        let mut config = ClientConfig::builder_with_provider(provider.clone())
+        let verifier = self.server_verifier(&provider)?;
+        let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
@@ -165,6 +161,21 @@ impl Credentials {
         // SNI would reveal the target; identities are SPIFFE IDs, not DNS names.
         config.enable_sni = false;
         Ok(Arc::new(config))
+    }
+
+    /// Verifies a server's chain against the bundle of its trust domain (any
+    /// identity; callers pin the identity on top).
+    pub(super) fn server_verifier(
+        &self,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+        let anchors = self.anchors(provider, |roots| {
+            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map(|v| v as Arc<dyn ServerCertVerifier>)
+                .map_err(TlsError::Verifier)
+        })?;
+        Ok(Arc::new(anchors))
     }
 
     /// Groups roots by trust domain and builds one verifier per group.

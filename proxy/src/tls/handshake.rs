@@ -66,11 +66,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = TlsAcceptor::from(config).accept(io);
-    let tls = tokio::time::timeout(timeout, handshake)
-        .await
-        .map_err(|_| HandshakeError::timeout(timeout))?
-        .map_err(HandshakeError::io)?;
-    let id = peer_id(tls.get_ref().1).map_err(|r| HandshakeError::identity(r, None))?;
+    let (tls, id) = finish(handshake, timeout, |tls| &**tls.get_ref().1).await?;
     if !policy.allows(&id) {
         return Err(HandshakeError::identity(RejectReason::Forbidden, Some(&id)));
     }
@@ -78,7 +74,9 @@ where
 }
 
 /// Client side: completes the handshake and checks the server is `expected`.
-/// Nothing is written to the connection before that check passes.
+/// Nothing is written to the connection before that check passes. In TLS 1.3 the
+/// server judges our certificate after this returns: a refusal surfaces on the
+/// first read, classified by [`RejectReason::from_io`] as `AlertReceived`.
 pub async fn connect<IO>(
     config: Arc<ClientConfig>,
     io: IO,
@@ -89,15 +87,25 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = TlsConnector::from(config).connect(server_name_for(expected), io);
-    let tls = tokio::time::timeout(timeout, handshake)
-        .await
-        .map_err(|_| HandshakeError::timeout(timeout))?
-        .map_err(HandshakeError::io)?;
-    let id = peer_id(tls.get_ref().1).map_err(|r| HandshakeError::identity(r, None))?;
+    let (tls, id) = finish(handshake, timeout, |tls| &**tls.get_ref().1).await?;
     if &id != expected {
         let mut err = HandshakeError::identity(RejectReason::IdentityMismatch, Some(&id));
         err.detail.push_str(&format!(", expected {expected}"));
         return Err(err);
     }
+    Ok((tls, id))
+}
+
+/// Awaits a handshake within `timeout` and reads the peer's SPIFFE ID.
+async fn finish<S>(
+    handshake: impl Future<Output = std::io::Result<S>>,
+    timeout: Duration,
+    state: impl Fn(&S) -> &CommonState,
+) -> Result<(S, SpiffeId), HandshakeError> {
+    let tls = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| HandshakeError::timeout(timeout))?
+        .map_err(HandshakeError::io)?;
+    let id = peer_id(state(&tls)).map_err(|r| HandshakeError::identity(r, None))?;
     Ok((tls, id))
 }

@@ -10,18 +10,15 @@
 
 mod creds;
 mod handshake;
-mod header;
 mod rotate;
 mod verify;
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests;
 
 pub use creds::{BundleFile, CredentialFiles, Credentials, TrustBundle, provider};
 pub use handshake::{HandshakeError, accept, connect, peer_id};
-pub use header::{ReadHeaderError, read_header, write_header};
-pub use rotate::{CredentialWatch, TlsConfigs, watch_credentials};
+pub use rotate::{CredentialWatch, SpiffeClientTls, TlsConfigs, watch_credentials};
 pub use verify::{IdPattern, Policy, RejectReason, spiffe_id_of};
 
 use std::path::PathBuf;

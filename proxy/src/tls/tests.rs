@@ -34,6 +34,13 @@ fn creds(leaf: &Leaf, bundles: Vec<TrustBundle>) -> Credentials {
     Credentials::from_pem(leaf.chain_pem.as_bytes(), leaf.key_pem.as_bytes(), bundles).unwrap()
 }
 
+/// A client presenting `leaf` and trusting `ca`'s root.
+fn client_of(leaf: &Leaf, ca: &Ca) -> Arc<ClientConfig> {
+    creds(leaf, vec![bundle(ca, None)])
+        .client_config(&[])
+        .unwrap()
+}
+
 fn root() -> Ca {
     Ca::root("meshlink test root", Validity::days(2)).unwrap()
 }
@@ -119,56 +126,84 @@ async fn mutual_tls_sees_both_identities() {
 }
 
 #[tokio::test]
-async fn alpn_selects_transport_header_protocol() {
+async fn transport_header_follows_alpn_and_leaves_session_bytes() {
+    use crate::detect::Protocol;
+    use crate::forward::connect::ClientTls;
+    use crate::header::{self, ALPN};
     let ca = root();
-    let alpn = vec![api::transport_header::ALPN.to_vec()];
     let server = creds(
         &leaf(&ca, SERVER, Validity::days(1)),
         vec![bundle(&ca, None)],
     );
-    let client = creds(
-        &leaf(&ca, CLIENT, Validity::days(1)),
-        vec![bundle(&ca, None)],
-    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = server.server_config(&alpn).unwrap();
+    let config = server.server_config(&[ALPN.to_vec()]).unwrap();
     let task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let (tls, _) = accept(config, tcp, &Policy::AnyTrusted, LIMIT)
+        let (mut tls, _) = accept(config, tcp, &Policy::AnyTrusted, LIMIT)
             .await
             .unwrap();
-        tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN));
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        let target = header::read(&mut tls, deadline).await.unwrap();
+        let mut session = Vec::new();
+        tls.read_to_end(&mut session).await.unwrap();
+        (target, session)
     });
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (tls, _) = connect(
-        client.client_config(&alpn).unwrap(),
-        tcp,
-        &id(SERVER),
-        LIMIT,
-    )
-    .await
+    let sent = header::header_for("books.shop.svc.cluster.local:8080", Protocol::Http1, 0).unwrap();
+    let client = SpiffeClientTls::fixed(creds(
+        &leaf(&ca, CLIENT, Validity::days(1)),
+        vec![bundle(&ca, None)],
+    ))
     .unwrap();
-    assert_eq!(
-        tls.get_ref().1.alpn_protocol(),
-        Some(api::transport_header::ALPN)
-    );
-    assert_eq!(
-        task.await.unwrap().as_deref(),
-        Some(api::transport_header::ALPN)
-    );
+    let config = client.config(SERVER, Some(ALPN)).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tls, _) = connect(config, tcp, &id(SERVER), LIMIT).await.unwrap();
+    header::write(&mut tls, &sent).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    tls.shutdown().await.unwrap();
+    let (target, session) = task.await.unwrap();
+    assert_eq!(target, sent);
+    assert_eq!(session, b"GET / HTTP/1.1\r\n\r\n");
+}
+
+#[tokio::test]
+async fn request_path_client_tls_pins_the_expected_identity_in_the_handshake() {
+    use crate::forward::connect::ClientTls;
+    let ca = root();
+    let p = pair(&ca);
+    let client = SpiffeClientTls::fixed(creds(
+        &leaf(&ca, CLIENT, Validity::days(1)),
+        vec![bundle(&ca, None)],
+    ))
+    .unwrap();
+    // The request path connects by IP and relies on the verifier alone.
+    let handshake = |expected: &str| {
+        let config = client.config(expected, None).unwrap();
+        let server = p.server.clone();
+        async move {
+            let (addr, _task) = serve_once(server, Policy::AnyTrusted).await;
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::IpAddress(addr.ip().into());
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+        }
+    };
+    let tls = handshake(SERVER).await.unwrap();
+    assert_eq!(peer_id(tls.get_ref().1).unwrap(), id(SERVER));
+    let err = handshake("spiffe://east.local/ns/shop/sa/books")
+        .await
+        .unwrap_err();
+    assert_eq!(RejectReason::from_io(&err), RejectReason::IdentityMismatch);
+    assert!(client.config("not-a-spiffe-id", None).is_err());
 }
 
 #[tokio::test]
 async fn refuses_client_without_certificate() {
     let p = pair(&root());
-    let anonymous = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_no_client_auth();
-    let reason = refused(p.server, Policy::AnyTrusted, Arc::new(anonymous)).await;
+    let anonymous = anonymous_client(&rustls::version::TLS13);
+    let reason = refused(p.server, Policy::AnyTrusted, anonymous).await;
     assert_eq!(reason, RejectReason::NoClientCert);
 }
 
@@ -177,16 +212,8 @@ async fn refuses_client_from_untrusted_root() {
     let ca = root();
     let p = pair(&ca);
     let stranger = root();
-    let client = creds(
-        &leaf(&stranger, CLIENT, Validity::days(1)),
-        vec![bundle(&ca, None)],
-    );
-    let reason = refused(
-        p.server,
-        Policy::AnyTrusted,
-        client.client_config(&[]).unwrap(),
-    )
-    .await;
+    let client = client_of(&leaf(&stranger, CLIENT, Validity::days(1)), &ca);
+    let reason = refused(p.server, Policy::AnyTrusted, client).await;
     assert_eq!(reason, RejectReason::UntrustedIssuer);
 }
 
@@ -194,16 +221,8 @@ async fn refuses_client_from_untrusted_root() {
 async fn refuses_expired_client_certificate() {
     let ca = root();
     let p = pair(&ca);
-    let client = creds(
-        &leaf(&ca, CLIENT, Validity::expired()),
-        vec![bundle(&ca, None)],
-    );
-    let reason = refused(
-        p.server,
-        Policy::AnyTrusted,
-        client.client_config(&[]).unwrap(),
-    )
-    .await;
+    let client = client_of(&leaf(&ca, CLIENT, Validity::expired()), &ca);
+    let reason = refused(p.server, Policy::AnyTrusted, client).await;
     assert_eq!(reason, RejectReason::Expired);
 }
 
@@ -220,13 +239,8 @@ async fn refuses_forbidden_identity() {
 #[tokio::test]
 async fn refuses_tls12_only_client() {
     let p = pair(&root());
-    let tls12 = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_no_client_auth();
-    let reason = refused(p.server, Policy::AnyTrusted, Arc::new(tls12)).await;
+    let tls12 = anonymous_client(&rustls::version::TLS12);
+    let reason = refused(p.server, Policy::AnyTrusted, tls12).await;
     assert_eq!(reason, RejectReason::ProtocolVersion);
 }
 
@@ -416,6 +430,17 @@ async fn rotation_keeps_live_transfers_and_serves_new_certificate() {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (still, _) = connect(client, tcp, &id(SERVER), LIMIT).await.unwrap();
     assert_eq!(peer_serial(still.get_ref().1), second.serial);
+}
+
+/// A client with no certificate that trusts any server, speaking only `version`.
+fn anonymous_client(version: &'static rustls::SupportedProtocolVersion) -> Arc<ClientConfig> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 /// Test-only verifier for clients that must reach the server's certificate check

@@ -116,7 +116,7 @@ impl RejectReason {
         }
     }
 
-    fn into_rustls(self) -> rustls::Error {
+    pub(super) fn into_rustls(self) -> rustls::Error {
         rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
             self,
         ))))
@@ -229,40 +229,38 @@ impl<V: ?Sized> Anchors<V> {
                 CertificateError::UnknownIssuer,
             ))
     }
+}
 
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
+/// The signature checks are the same for both verifier traits: the provider's
+/// algorithms, independent of which trust domain vouched for the chain.
+macro_rules! signature_methods {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algs = &self.provider.signature_verification_algorithms;
+            verify_tls12_signature(message, cert, dss, algs)
+        }
 
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algs = &self.provider.signature_verification_algorithms;
+            verify_tls13_signature(message, cert, dss, algs)
+        }
 
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
 }
 
 impl ClientCertVerifier for Anchors<dyn ClientCertVerifier> {
@@ -281,27 +279,7 @@ impl ClientCertVerifier for Anchors<dyn ClientCertVerifier> {
             .verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes()
-    }
+    signature_methods!();
 }
 
 impl ServerCertVerifier for Anchors<dyn ServerCertVerifier> {
@@ -330,31 +308,39 @@ impl ServerCertVerifier for Anchors<dyn ServerCertVerifier> {
         }
     }
 
-    fn verify_tls12_signature(
+    signature_methods!();
+}
+
+/// A server verifier that admits only one SPIFFE ID, checked inside the handshake
+/// so a wrong peer fails before any application byte is written.
+#[derive(Debug)]
+pub(super) struct ExpectedIdentity {
+    pub(super) expected: SpiffeId,
+    pub(super) inner: Arc<dyn ServerCertVerifier>,
+    pub(super) provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ExpectedIdentity {
+    fn verify_server_cert(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls12(message, cert, dss)
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = spiffe_id_of(end_entity).map_err(RejectReason::into_rustls)?;
+        if id != self.expected {
+            return Err(RejectReason::IdentityMismatch.into_rustls());
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes()
-    }
+    signature_methods!();
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 
