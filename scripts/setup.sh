@@ -7,6 +7,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export MESHLINK_CACHE=${MESHLINK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshlink}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$MESHLINK_CACHE/target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# CI builds once per run: incremental state would only cost disk.
+[ "${CI:-}" = true ] && export CARGO_INCREMENTAL=0
 
 need=()
 command -v ip >/dev/null || need+=(iproute2)

@@ -17,12 +17,11 @@ use api::transport_header::TargetName;
 use api::transport_header::TransportHeader;
 use proxy::accept::{self, AcceptConfig, Drain};
 use proxy::forward::{self, ForwardContext};
-use proxy::header::read as read_header;
 use proxy::header::{ALPN, authority_of, protocol_of};
 use proxy::inbound::accept_tls;
 use proxy::metrics::{Direction, Listener, Metrics};
 use proxy::route::{Router, Target};
-use proxy::tls::Policy;
+use proxy::tls::{Policy, TlsConfigs, read_header};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -74,7 +73,7 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Gateway {
     config: GatewayConfig,
-    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+    tls: watch::Receiver<Arc<TlsConfigs>>,
     router: Arc<Router>,
     ctx: ForwardContext,
 }
@@ -85,7 +84,7 @@ impl Gateway {
     /// one written if a target is itself behind another gateway).
     pub fn new(
         config: GatewayConfig,
-        tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+        tls: watch::Receiver<Arc<TlsConfigs>>,
         router: Arc<Router>,
         metrics: Arc<Metrics>,
     ) -> Self {

@@ -57,14 +57,14 @@ async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::register(
         registry.sub_registry_with_prefix("gateway"),
     ));
-    let connector = Connector::new(connect_timeout, Some(creds.client_tls()));
+    let connector = Connector::new(connect_timeout, Some(creds.configs.clone()));
     let router = Arc::new(Router::new(
         discovery,
         connector,
         BalanceConfig::default(),
         FORWARD_HOP,
     ));
-    let gateway = Gateway::new(config, creds.server.clone(), router, metrics);
+    let gateway = Gateway::new(config, creds.configs.clone(), router, metrics);
 
     let listener = TcpListener::bind(args.addr)
         .await

@@ -20,7 +20,7 @@ use crate::forward::{self, ForwardContext};
 use crate::metrics::{Direction, Listener, Metrics};
 use crate::orig_dst::original_dst;
 use crate::route::{Router, Target};
-use crate::tls::{self, Policy};
+use crate::tls::{self, Policy, TlsConfigs};
 use api::identity::SpiffeId;
 
 /// Static settings of the inbound listener.
@@ -55,7 +55,7 @@ pub enum AppTarget {
 #[derive(Debug)]
 pub struct Inbound {
     config: InboundConfig,
-    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+    tls: watch::Receiver<Arc<TlsConfigs>>,
     router: Arc<Router>,
     /// One pooled target per app port (ports are few: a pod's container ports).
     apps: Mutex<HashMap<u16, Arc<Target>>>,
@@ -68,7 +68,7 @@ impl Inbound {
     /// supplies the connector and balancing settings for the app's pool.
     pub fn new(
         config: InboundConfig,
-        tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+        tls: watch::Receiver<Arc<TlsConfigs>>,
         router: Arc<Router>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -157,13 +157,13 @@ impl Inbound {
 /// connection is dropped.
 pub async fn accept_tls(
     stream: TcpStream,
-    configs: &watch::Receiver<Arc<rustls::ServerConfig>>,
+    configs: &watch::Receiver<Arc<TlsConfigs>>,
     policy: &Policy,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Option<(TlsStream<TcpStream>, SpiffeId)> {
     let peer = stream.peer_addr().ok();
-    let config = configs.borrow().clone();
+    let config = configs.borrow().server.clone();
     match tls::accept(config, stream, policy, timeout).await {
         Ok(accepted) => Some(accepted),
         Err(error) => {

@@ -70,7 +70,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::register(
         registry.sub_registry_with_prefix("proxy"),
     ));
-    let connector = Connector::new(config.connect_timeout, Some(creds.client_tls()));
+    let connector = Connector::new(config.connect_timeout, Some(creds.configs.clone()));
     let router = Arc::new(Router::new(
         discovery,
         connector,
@@ -79,7 +79,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
     let inbound = Inbound::new(
         config.inbound,
-        creds.server.clone(),
+        creds.configs.clone(),
         router.clone(),
         metrics.clone(),
     );

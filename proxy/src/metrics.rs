@@ -7,8 +7,7 @@
 //! values per kind, after which they are reported as `other`. Everything is
 //! registered under the caller's (sub-)registry.
 
-use crate::header::ReadError;
-use crate::tls::RejectReason;
+use crate::tls::{ReadHeaderError, RejectReason};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -80,7 +79,7 @@ impl TlsMetrics {
     }
 
     /// Counts one bad transport header.
-    pub fn header_failed(&self, direction: Direction, err: &ReadError) {
+    pub fn header_failed(&self, direction: Direction, err: &ReadHeaderError) {
         let labels = FailureLabels {
             direction,
             reason: err.reason(),

@@ -197,7 +197,7 @@ fn inbound_hands_redirected_traffic_to_the_original_port() {
             buffer_size: 16 * 1024,
         };
         let metrics = Arc::new(Metrics::register(&mut Default::default()));
-        let (_tx, server_tls) = tokio::sync::watch::channel(configs(SERVER).server.clone());
+        let (_tx, server_tls) = tokio::sync::watch::channel(configs(SERVER));
         let inbound = Inbound::new(config, server_tls, router, metrics);
         tokio::spawn(inbound.serve(listener, std::future::pending()));
 

@@ -21,14 +21,14 @@ use proxy::accept::AcceptConfig;
 use proxy::balance::BalanceConfig;
 use proxy::detect::DetectConfig;
 use proxy::discovery::{Endpoint, StaticDiscovery};
-use proxy::forward::connect::{ClientTls, Connector};
+use proxy::forward::connect::Connector;
 use proxy::header::ALPN;
 use proxy::inbound::{AppTarget, Inbound, InboundConfig};
 use proxy::metrics::Metrics;
 use proxy::outbound::{Outbound, OutboundConfig, TargetMode};
 use proxy::pki::{Ca, Validity};
 use proxy::route::Router;
-use proxy::tls::{Credentials, Policy, SpiffeClientTls, TlsConfigs, TrustBundle};
+use proxy::tls::{Credentials, Policy, TlsConfigs, TrustBundle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -75,19 +75,10 @@ impl Pki {
         Arc::new(TlsConfigs::build(&self.creds(id, validity, trust), &[ALPN.to_vec()]).unwrap())
     }
 
-    /// The server config watch for `id`, the shape `Inbound` and `Gateway` take.
-    pub fn server(&self, id: &str) -> watch::Receiver<Arc<rustls::ServerConfig>> {
-        watch::channel(
-            self.configs_from(id, Validity::days(1), self)
-                .server
-                .clone(),
-        )
-        .1
-    }
-
-    /// Client TLS for `id`, the shape `Connector` takes.
-    pub fn client(&self, id: &str) -> Arc<dyn ClientTls> {
-        Arc::new(SpiffeClientTls::fixed(self.creds(id, Validity::days(1), self)).unwrap())
+    /// A credentials watch for `id`, the shape `Inbound`, `Gateway` and
+    /// `Connector` take.
+    pub fn watch(&self, id: &str) -> watch::Receiver<Arc<TlsConfigs>> {
+        watch::channel(self.configs_from(id, Validity::days(1), self)).1
     }
 }
 
@@ -208,7 +199,7 @@ impl Mesh {
         let connect_timeout = Duration::from_secs(5);
 
         // East: the app's sidecar (inbound) and the gateway.
-        let east_connector = Connector::new(connect_timeout, Some(pki.client(GATEWAY_ID)));
+        let east_connector = Connector::new(connect_timeout, Some(pki.watch(GATEWAY_ID)));
         let inbound_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let inbound = inbound_l.local_addr().unwrap();
         let mut reg = Registry::default();
@@ -229,7 +220,7 @@ impl Mesh {
                 idle_timeout: Duration::from_secs(60),
                 buffer_size: 16 * 1024,
             },
-            pki.server(BOOKS_ID),
+            pki.watch(BOOKS_ID),
             Arc::new(router),
             inbound_metrics,
         );
@@ -263,7 +254,7 @@ impl Mesh {
                 idle_timeout: Duration::from_secs(60),
                 buffer_size: 16 * 1024,
             },
-            pki.server(GATEWAY_ID),
+            pki.watch(GATEWAY_ID),
             gw_router,
             gw_metrics,
         );
@@ -280,7 +271,7 @@ impl Mesh {
                 ..Endpoint::plain(gateway)
             }],
         );
-        let west_connector = Connector::new(connect_timeout, Some(pki.client(WEB_ID)));
+        let west_connector = Connector::new(connect_timeout, Some(pki.watch(WEB_ID)));
         let west_router = Arc::new(Router::new(
             west_discovery,
             west_connector,

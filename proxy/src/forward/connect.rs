@@ -13,47 +13,28 @@ use std::time::Duration;
 use api::identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 
 use crate::Error;
 use crate::detect::Protocol;
 use crate::discovery::Endpoint;
 use crate::header;
-use crate::tls;
-
-/// Builds client TLS configurations; `proxy::tls::SpiffeClientTls` implements it
-/// over rotating credentials.
-pub trait ClientTls: Send + Sync + 'static {
-    /// A TLS 1.3 client configuration that presents this proxy's certificate,
-    /// completes a handshake only with a peer proving `identity`, and offers
-    /// `alpn` when given.
-    fn config(
-        &self,
-        identity: &str,
-        alpn: Option<&[u8]>,
-    ) -> Result<Arc<rustls::ClientConfig>, Error>;
-}
+use crate::tls::{self, TlsConfigs};
 
 /// Opens upstream connections.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Connector {
     timeout: Duration,
-    tls: Option<Arc<dyn ClientTls>>,
-}
-
-impl std::fmt::Debug for Connector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connector")
-            .field("timeout", &self.timeout)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
+    tls: Option<watch::Receiver<Arc<TlsConfigs>>>,
 }
 
 impl Connector {
-    /// A connector with a connect (and handshake) timeout; without `tls`, meshed
-    /// endpoints fail.
-    pub fn new(timeout: Duration, tls: Option<Arc<dyn ClientTls>>) -> Self {
+    /// A connector with a connect (and handshake) timeout. `tls` carries this
+    /// proxy's current credentials; its client config must offer the
+    /// transport-header ALPN ([`header::ALPN`]) for gateway endpoints to work.
+    /// Without it, meshed endpoints fail.
+    pub fn new(timeout: Duration, tls: Option<watch::Receiver<Arc<TlsConfigs>>>) -> Self {
         Self { timeout, tls }
     }
 
@@ -90,8 +71,10 @@ impl Connector {
             Some(authority) => Some(header::header_for(authority, protocol, hop)?),
             None => None,
         };
+        // Pinned to the expected identity inside the handshake, and without
+        // session resumption (a reused address must not inherit an identity).
         let alpn = header.as_ref().map(|_| header::ALPN);
-        let config = tls.config(identity, alpn)?;
+        let config = tls.borrow().client_for(&expected, alpn);
         let (mut stream, _) = tls::connect(config, tcp, &expected, self.timeout)
             .await
             .map_err(|source| Error::Tls {
@@ -99,7 +82,7 @@ impl Connector {
                 source,
             })?;
         if let Some(header) = header {
-            header::write(&mut stream, &header).await?;
+            tls::write_header(&mut stream, &header).await?;
         }
         Ok(Upstream::Tls(Box::new(stream)))
     }
