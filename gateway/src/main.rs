@@ -11,9 +11,9 @@ use clap::Parser;
 use gateway::Gateway;
 use gateway::config::GatewayArgs;
 use prometheus_client::registry::Registry;
+use proxy::accept::Stop;
 use proxy::admin::{self, AdminState};
 use proxy::balance::BalanceConfig;
-use proxy::discovery::StaticDiscovery;
 use proxy::forward::connect::Connector;
 use proxy::metrics::Metrics;
 use proxy::route::Router;
@@ -49,13 +49,7 @@ fn main() -> ExitCode {
 async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     tls::install_default_provider();
     let config = args.config()?;
-    let discovery = Arc::new(StaticDiscovery::from_file(&args.discovery_file)?);
-    let creds = tls::watch_credentials(
-        args.tls.files(),
-        vec![proxy::header::ALPN.to_vec()],
-        CREDENTIAL_POLL,
-    )
-    .context("loading TLS credentials")?;
+    let (discovery, creds) = proxy::config::load(&args.discovery_file, &args.tls, CREDENTIAL_POLL)?;
     let signal = admin::shutdown_signal().context("installing signal handlers")?;
     let (connect_timeout, _, _) = args.limits.timeouts()?;
 
@@ -80,24 +74,19 @@ async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.admin_addr))?;
     tracing::info!(addr = %args.addr, admin = %args.admin_addr, "gateway listening");
 
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let mut admin_stop = stop_rx.clone();
+    let stop = Stop::new();
     let (ready_tx, ready) = watch::channel(true);
     let state = AdminState {
         registry: Arc::new(registry),
         ready,
     };
-    let server = tokio::spawn(gateway.serve(listener, async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
-    let admin = tokio::spawn(admin::serve(admin_l, state, async move {
-        let _ = admin_stop.wait_for(|s| *s).await;
-    }));
+    let server = tokio::spawn(gateway.serve(listener, stop.signaled()));
+    let admin = tokio::spawn(admin::serve(admin_l, state, stop.signaled()));
 
     let name = signal.await;
     tracing::info!(signal = name, "shutting down: draining connections");
     ready_tx.send_replace(false);
-    let _ = stop_tx.send(true);
+    stop.trigger();
     server.await.context("gateway task")?;
     admin.await.context("admin task")??;
     Ok(())

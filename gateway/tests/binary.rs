@@ -1,19 +1,20 @@
-//! The `gateway` binary as the harness runs it: real credential files from
-//! `proxy::pki`, a discovery file, /ready on the admin port, traffic through it,
-//! and a clean exit on SIGTERM.
+//! The `proxy` and `gateway` binaries as the harness runs them: real credential
+//! files from `proxy::pki`, discovery files, /ready on the admin ports, HTTP
+//! through all three processes, and a clean exit on SIGTERM.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use api::identity::SpiffeId;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use proxy::pki::Validity;
+use proxy::pki::{Validity, WrittenFiles};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -43,34 +44,40 @@ async fn get(addr: SocketAddr, path: &str) -> Option<String> {
     Some(out)
 }
 
-#[tokio::test]
-async fn gateway_binary_serves_ready_forwards_and_exits_on_sigterm() {
-    let app = tcp_echo().await;
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let id = SpiffeId::parse(GATEWAY_ID).unwrap();
-    let files = pki
-        .ca
-        .issue(&id, &[], Validity::days(1))
-        .unwrap()
-        .write(dir.path(), pki.ca.root_pem())
+/// The `proxy` binary, a sibling of this package's `gateway` binary. Cargo only
+/// builds a package's own binaries for its tests, so build it if it is missing.
+fn proxy_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_gateway")).with_file_name("proxy");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", "proxy", "--bin", "proxy"])
+        .status()
         .unwrap();
-    let discovery = dir.path().join("discovery.yaml");
-    std::fs::write(
-        &discovery,
-        format!("services:\n  - target: {TARGET}\n    endpoints:\n      - addr: {app}\n"),
-    )
-    .unwrap();
-    let (addr, admin) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--addr",
-            &addr.to_string(),
-            "--admin-addr",
-            &admin.to_string(),
-        ])
+    assert!(
+        status.success() && path.exists(),
+        "could not build {}",
+        path.display()
+    );
+    path
+}
+
+/// Credentials for `id` written as files under `dir/<name>/`.
+fn creds(pki: &Pki, dir: &Path, name: &str, id: &str) -> WrittenFiles {
+    let sub = dir.join(name);
+    std::fs::create_dir(&sub).unwrap();
+    let leaf = pki
+        .ca
+        .issue(&SpiffeId::parse(id).unwrap(), &[], Validity::days(1))
+        .unwrap();
+    leaf.write(&sub, pki.ca.root_pem()).unwrap()
+}
+
+/// Starts a binary with its TLS files and discovery file.
+fn start(bin: &str, args: &[String], files: &WrittenFiles, discovery: &Path) -> Kill {
+    let child = Command::new(bin)
+        .args(args)
         .arg("--discovery-file")
-        .arg(&discovery)
+        .arg(discovery)
         .arg("--tls-cert")
         .arg(&files.cert_chain)
         .arg("--tls-key")
@@ -79,39 +86,124 @@ async fn gateway_binary_serves_ready_forwards_and_exits_on_sigterm() {
         .arg(&files.bundle)
         .spawn()
         .unwrap();
-    let mut child = Kill(child);
+    Kill(child)
+}
 
-    let ready = eventually_async(|| async {
+async fn ready(admin: SocketAddr) {
+    let ok = eventually_async(|| async {
         get(admin, "/ready")
             .await
             .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     })
     .await;
-    assert!(ready, "gateway never became ready");
+    assert!(ok, "{admin} never became ready");
+}
 
-    // An opaque session through the real binary.
-    let configs = pki.configs_from(WEB_ID, Validity::days(1), &pki);
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut s, _) = proxy::tls::connect(configs.client.clone(), tcp, &id, Duration::from_secs(5))
-        .await
+fn discovery(dir: &Path, name: &str, yaml: String) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// The demo path with real processes: client → `proxy` (west, outbound) →
+/// `gateway` (east) → `proxy` (east, inbound) → app, then SIGTERM to each.
+#[tokio::test]
+async fn binaries_carry_http_across_clusters() {
+    let app = http_app().await;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (west_out, west_in, west_admin) = (free_port(), free_port(), free_port());
+    let (east_out, east_in, east_admin) = (free_port(), free_port(), free_port());
+    let (gw, gw_admin) = (free_port(), free_port());
+    let s = |a: SocketAddr| a.to_string();
+
+    let east_disc = discovery(
+        dir.path(),
+        "east.yaml",
+        format!(
+            "services:\n  - target: {TARGET}\n    endpoints:\n      - addr: {east_in}\n        identity: {BOOKS_ID}\n"
+        ),
+    );
+    let west_disc = discovery(
+        dir.path(),
+        "west.yaml",
+        format!(
+            "services:\n  - target: {MIRROR}\n    endpoints:\n      - addr: {gw}\n        identity: {GATEWAY_ID}\n        remote_authority: {TARGET}\n"
+        ),
+    );
+    let proxy_bin = proxy_binary();
+    let proxy_bin = proxy_bin.to_str().unwrap();
+    let east = start(
+        proxy_bin,
+        &[
+            "run".into(),
+            "--outbound-addr".into(),
+            s(east_out),
+            "--inbound-addr".into(),
+            s(east_in),
+            "--admin-addr".into(),
+            s(east_admin),
+            "--app-addr".into(),
+            s(app),
+        ],
+        &creds(&pki, dir.path(), "books", BOOKS_ID),
+        &east_disc,
+    );
+    let gateway = start(
+        env!("CARGO_BIN_EXE_gateway"),
+        &["--addr".into(), s(gw), "--admin-addr".into(), s(gw_admin)],
+        &creds(&pki, dir.path(), "gateway", GATEWAY_ID),
+        &east_disc,
+    );
+    let west = start(
+        proxy_bin,
+        &[
+            "run".into(),
+            "--outbound-addr".into(),
+            s(west_out),
+            "--inbound-addr".into(),
+            s(west_in),
+            "--admin-addr".into(),
+            s(west_admin),
+            "--app-addr".into(),
+            "127.0.0.1:9".into(),
+            "--outbound-target".into(),
+            MIRROR.into(),
+        ],
+        &creds(&pki, dir.path(), "web", WEB_ID),
+        &west_disc,
+    );
+    for admin in [east_admin, gw_admin, west_admin] {
+        ready(admin).await;
+    }
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::post(format!("http://{west_out}/echo"))
+        .header("host", MIRROR)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            "across processes",
+        )))
         .unwrap();
-    let header = proxy::header::header_for(TARGET, proxy::detect::Protocol::Opaque, 1).unwrap();
-    proxy::tls::write_header(&mut s, &header).await.unwrap();
-    s.write_all(b"through the binary").await.unwrap();
-    let mut got = [0u8; 18];
-    s.read_exact(&mut got).await.unwrap();
-    assert_eq!(&got, b"through the binary");
-    drop(s);
-
-    let metrics = get(admin, "/metrics").await.unwrap();
-    assert!(metrics.contains("gateway_tcp_open_total"), "{metrics}");
-
-    kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();
-    let status = tokio::task::spawn_blocking(move || child.0.wait())
+    let rsp = client.request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let body = http_body_util::BodyExt::collect(rsp.into_body())
         .await
         .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+        .to_bytes();
+    assert_eq!(body, "across processes");
+
+    let metrics = get(gw_admin, "/metrics").await.unwrap();
+    assert!(metrics.contains(r#"gateway_responses_total{listener="Gateway",target="books.shop.svc.cluster.local:8080",status="2xx"} 1"#), "{metrics}");
+
+    for mut proc in [west, gateway, east] {
+        kill(Pid::from_raw(proc.0.id() as i32), Signal::SIGTERM).unwrap();
+        let status = tokio::task::spawn_blocking(move || proc.0.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
 }
 
 /// Polls an async check until it is true or 10 s pass.

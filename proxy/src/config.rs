@@ -5,7 +5,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -13,10 +14,13 @@ use clap::{Args, Parser, Subcommand};
 use crate::Error;
 use crate::accept::AcceptConfig;
 use crate::detect::DetectConfig;
-use crate::inbound::InboundConfig;
+use crate::discovery::StaticDiscovery;
+use crate::inbound::{AppTarget, InboundConfig};
 use crate::init::InitConfig;
 use crate::outbound::{OutboundConfig, TargetMode};
-use crate::tls::{BundleFile, CredentialFiles, IdPattern, Policy};
+use crate::tls::{
+    BundleFile, CredentialFiles, CredentialWatch, IdPattern, Policy, watch_credentials,
+};
 
 /// The `proxy` binary.
 #[derive(Debug, Parser)]
@@ -66,6 +70,19 @@ impl TlsArgs {
                 .collect(),
         }
     }
+}
+
+/// Loads what every data-plane binary needs before binding: the discovery file
+/// and the credentials (watched for rotation every `poll`), with client and
+/// server configs offering the transport-header ALPN.
+pub fn load(
+    discovery_file: &Path,
+    tls: &TlsArgs,
+    poll: Duration,
+) -> Result<(Arc<StaticDiscovery>, CredentialWatch), Error> {
+    let discovery = Arc::new(StaticDiscovery::from_file(discovery_file)?);
+    let creds = watch_credentials(tls.files(), vec![crate::header::ALPN.to_vec()], poll)?;
+    Ok((discovery, creds))
 }
 
 /// Timeouts and limits, shared by proxy and gateway.
@@ -156,9 +173,11 @@ pub struct RunArgs {
     /// Admin listener (/ready, /live, /metrics).
     #[arg(long, env = "MESHLINK_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
     pub admin_addr: SocketAddr,
-    /// Where the local app listens; inbound traffic goes here.
+    /// Where the local app listens; inbound traffic goes here. Without it,
+    /// inbound traffic goes to 127.0.0.1 at its original destination port
+    /// (transparent mode, after `proxy init`).
     #[arg(long, env = "MESHLINK_APP_ADDR")]
-    pub app_addr: SocketAddr,
+    pub app_addr: Option<SocketAddr>,
     /// Send every outbound connection to this `name:port` instead of its
     /// original destination (explicit-proxy mode, for tests and demos).
     #[arg(long, env = "MESHLINK_OUTBOUND_TARGET")]
@@ -242,7 +261,7 @@ impl RunArgs {
                 buffer_size,
             },
             inbound: InboundConfig {
-                app: *app_addr,
+                app: app_addr.map_or(AppTarget::OriginalDstPort, AppTarget::Fixed),
                 detect,
                 policy: limits.policy()?,
                 accept,
@@ -343,7 +362,10 @@ mod tests {
     fn defaults_parse() {
         let c = run(&[]).unwrap();
         assert_eq!(c.outbound.target, TargetMode::OriginalDst);
-        assert_eq!(c.inbound.app.port(), 8080);
+        assert_eq!(
+            c.inbound.app,
+            AppTarget::Fixed("127.0.0.1:8080".parse().unwrap())
+        );
         assert_eq!(c.outbound.detect.timeout, Duration::from_secs(1));
         assert_eq!(c.inbound.policy, Policy::AnyTrusted);
     }

@@ -60,6 +60,9 @@ pub enum Error {
         /// Why the configuration failed.
         reason: String,
     },
+    /// TLS credentials could not be loaded.
+    #[error("loading TLS credentials")]
+    Credentials(#[from] crate::tls::TlsError),
     /// The original destination of a redirected connection could not be read.
     #[error("reading SO_ORIGINAL_DST")]
     OriginalDst(#[source] nix::Error),

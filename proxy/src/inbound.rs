@@ -1,20 +1,24 @@
 //! The inbound listener: connections from the mesh to the local app. Each one is
 //! walked through accept → TLS (mutual, terminated here) → detect → forward to the
-//! app in plaintext. [`accept_tls`] is the TLS stage the gateway shares.
+//! app in plaintext, at a fixed address or, after an iptables redirect, at
+//! `127.0.0.1:<original destination port>`. [`accept_tls`] is the TLS stage the gateway shares.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
+use crate::Error;
 use crate::accept::{self, AcceptConfig, Drain};
 use crate::detect::DetectConfig;
 use crate::discovery::Endpoint;
 use crate::forward::{self, ForwardContext};
 use crate::metrics::{Direction, Listener, Metrics};
+use crate::orig_dst::original_dst;
 use crate::route::{Router, Target};
 use crate::tls::{self, Policy, TlsConfigs};
 use api::identity::SpiffeId;
@@ -23,7 +27,7 @@ use api::identity::SpiffeId;
 #[derive(Clone, Debug)]
 pub struct InboundConfig {
     /// Where the local app listens.
-    pub app: SocketAddr,
+    pub app: AppTarget,
     /// Protocol detection.
     pub detect: DetectConfig,
     /// Connection limits and drain deadline.
@@ -38,12 +42,23 @@ pub struct InboundConfig {
     pub buffer_size: usize,
 }
 
+/// Where inbound traffic is handed to the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppTarget {
+    /// Always this address.
+    Fixed(SocketAddr),
+    /// Loopback at the port the peer originally dialled (transparent mode).
+    OriginalDstPort,
+}
+
 /// The inbound proxy, ready to serve a bound listener.
 #[derive(Debug)]
 pub struct Inbound {
     config: InboundConfig,
     tls: watch::Receiver<Arc<TlsConfigs>>,
-    app: Arc<Target>,
+    router: Arc<Router>,
+    /// One pooled target per app port (ports are few: a pod's container ports).
+    apps: Mutex<HashMap<u16, Arc<Target>>>,
     ctx: ForwardContext,
 }
 
@@ -54,10 +69,9 @@ impl Inbound {
     pub fn new(
         config: InboundConfig,
         tls: watch::Receiver<Arc<TlsConfigs>>,
-        router: &Router,
+        router: Arc<Router>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let app = router.fixed(&config.app.to_string(), vec![Endpoint::plain(config.app)]);
         let ctx = ForwardContext {
             metrics,
             listener: Listener::Inbound,
@@ -67,7 +81,8 @@ impl Inbound {
         Self {
             config,
             tls,
-            app,
+            router,
+            apps: Mutex::new(HashMap::new()),
             ctx,
         }
     }
@@ -92,14 +107,47 @@ impl Inbound {
             metrics.tcp_close(Listener::Inbound, 0, 0);
             return;
         };
-        let (protocol, io) = match self.config.detect.run(tls, self.config.app.port()).await {
+        let app = match self.app_addr(tls.get_ref().0) {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::info!(%error, "no app address for inbound connection");
+                metrics.tcp_close(Listener::Inbound, 0, 0);
+                return;
+            }
+        };
+        let (protocol, io) = match self.config.detect.run(tls, app.port()).await {
             Ok(detected) => detected,
             Err(error) => {
                 tracing::debug!(%error, "detection failed");
                 return;
             }
         };
-        forward::forward(io, protocol, self.app.clone(), &self.ctx, drain).await;
+        forward::forward(io, protocol, self.app_target(app), &self.ctx, drain).await;
+    }
+
+    /// The app address for a connection.
+    fn app_addr(&self, stream: &TcpStream) -> Result<SocketAddr, Error> {
+        match self.config.app {
+            AppTarget::Fixed(addr) => Ok(addr),
+            AppTarget::OriginalDstPort => {
+                let dst = original_dst(stream)?;
+                if dst == stream.local_addr()? {
+                    return Err(Error::Config(format!(
+                        "connection to {dst} was not redirected"
+                    )));
+                }
+                Ok(SocketAddr::from(([127, 0, 0, 1], dst.port())))
+            }
+        }
+    }
+
+    fn app_target(&self, app: SocketAddr) -> Arc<Target> {
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        let target = apps.entry(app.port()).or_insert_with(|| {
+            self.router
+                .fixed(&app.to_string(), vec![Endpoint::plain(app)])
+        });
+        target.clone()
     }
 }
 

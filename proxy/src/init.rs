@@ -138,33 +138,28 @@ mod tests {
         }
     }
 
+    /// The index of `rule` in the generated list (panics if missing).
+    fn position(rule: &str) -> usize {
+        let rules: Vec<String> = rules(&config()).iter().map(|r| r.join(" ")).collect();
+        rules
+            .iter()
+            .position(|r| r == rule)
+            .unwrap_or_else(|| panic!("no {rule:?} in {rules:#?}"))
+    }
+
     #[test]
     fn proxy_uid_returns_before_the_outbound_redirect() {
-        let rules: Vec<String> = rules(&config()).iter().map(|r| r.join(" ")).collect();
-        let owner = rules
-            .iter()
-            .position(|r| r == "-t nat -A MESHLINK_OUTPUT -m owner --uid-owner 2102 -j RETURN")
-            .unwrap();
-        let redirect = rules
-            .iter()
-            .position(|r| r == "-t nat -A MESHLINK_OUTPUT -p tcp -j REDIRECT --to-ports 4140")
-            .unwrap();
+        let owner = position("-t nat -A MESHLINK_OUTPUT -m owner --uid-owner 2102 -j RETURN");
+        let redirect = position("-t nat -A MESHLINK_OUTPUT -p tcp -j REDIRECT --to-ports 4140");
         assert!(owner < redirect);
-        assert!(rules.contains(&"-t nat -A OUTPUT -p tcp -j MESHLINK_OUTPUT".to_string()));
+        assert!(position("-t nat -A OUTPUT -p tcp -j MESHLINK_OUTPUT") > redirect);
     }
 
     #[test]
     fn admin_port_skips_inbound_redirect() {
-        let rules: Vec<String> = rules(&config()).iter().map(|r| r.join(" ")).collect();
-        let skip = rules
-            .iter()
-            .position(|r| r == "-t nat -A MESHLINK_INBOUND -p tcp --dport 4191 -j RETURN")
-            .unwrap();
-        let redirect = rules
-            .iter()
-            .position(|r| r == "-t nat -A MESHLINK_INBOUND -p tcp -j REDIRECT --to-ports 4143")
-            .unwrap();
+        let skip = position("-t nat -A MESHLINK_INBOUND -p tcp --dport 4191 -j RETURN");
+        let redirect = position("-t nat -A MESHLINK_INBOUND -p tcp -j REDIRECT --to-ports 4143");
         assert!(skip < redirect);
-        assert!(rules.contains(&"-t nat -A PREROUTING -p tcp -j MESHLINK_INBOUND".to_string()));
+        assert!(position("-t nat -A PREROUTING -p tcp -j MESHLINK_INBOUND") > redirect);
     }
 }

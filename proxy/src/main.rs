@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use proxy::accept::Stop;
 use proxy::admin::{self, AdminState};
 use proxy::balance::BalanceConfig;
 use proxy::config::{Cli, Command, InitArgs, RunArgs};
-use proxy::discovery::StaticDiscovery;
 use proxy::forward::connect::Connector;
 use proxy::inbound::Inbound;
 use proxy::metrics::Metrics;
@@ -63,13 +63,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tls::install_default_provider();
     // Everything is validated before a port is bound.
     let config = args.config()?;
-    let discovery = Arc::new(StaticDiscovery::from_file(&args.discovery_file)?);
-    let creds = tls::watch_credentials(
-        args.tls.files(),
-        vec![proxy::header::ALPN.to_vec()],
-        CREDENTIAL_POLL,
-    )
-    .context("loading TLS credentials")?;
+    let (discovery, creds) = proxy::config::load(&args.discovery_file, &args.tls, CREDENTIAL_POLL)?;
     let signal = admin::shutdown_signal().context("installing signal handlers")?;
 
     let mut registry = Registry::default();
@@ -86,7 +80,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let inbound = Inbound::new(
         config.inbound,
         creds.configs.clone(),
-        &router,
+        router.clone(),
         metrics.clone(),
     );
     let outbound = Outbound::new(config.outbound, router, metrics);
@@ -103,31 +97,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     tracing::info!(outbound = %args.outbound_addr, inbound = %args.inbound_addr, admin = %args.admin_addr, "proxy listening");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let stop = Stop::new();
     let (ready_tx, ready) = watch::channel(true);
     let state = AdminState {
         registry: Arc::new(registry),
         ready,
     };
-    let (out_stop, in_stop) = (stopped(), stopped());
+    let (out_stop, in_stop) = (stop.signaled(), stop.signaled());
     let servers = tokio::spawn(async move {
         tokio::join!(
             outbound.serve(out_l, out_stop),
             inbound.serve(in_l, in_stop)
         )
     });
-    let admin = tokio::spawn(admin::serve(admin_l, state, stopped()));
+    let admin = tokio::spawn(admin::serve(admin_l, state, stop.signaled()));
 
     let name = signal.await;
     tracing::info!(signal = name, "shutting down: draining connections");
     ready_tx.send_replace(false);
-    let _ = stop_tx.send(true);
+    stop.trigger();
     servers.await.context("listener task")?;
     admin.await.context("admin task")??;
     Ok(())

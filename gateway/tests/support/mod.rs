@@ -23,7 +23,7 @@ use proxy::detect::DetectConfig;
 use proxy::discovery::{Endpoint, StaticDiscovery};
 use proxy::forward::connect::Connector;
 use proxy::header::ALPN;
-use proxy::inbound::{Inbound, InboundConfig};
+use proxy::inbound::{AppTarget, Inbound, InboundConfig};
 use proxy::metrics::Metrics;
 use proxy::outbound::{Outbound, OutboundConfig, TargetMode};
 use proxy::pki::{Ca, Validity};
@@ -56,22 +56,27 @@ impl Pki {
     }
 
     /// Credentials for `id` issued by this CA with `validity`, trusting `trust`'s root.
-    pub fn configs_from(&self, id: &str, validity: Validity, trust: &Pki) -> Arc<TlsConfigs> {
+    pub fn creds(&self, id: &str, validity: Validity, trust: &Pki) -> Credentials {
         let leaf = self
             .ca
             .issue(&SpiffeId::parse(id).unwrap(), &[], validity)
             .unwrap();
         let bundle = TrustBundle::from_pem(None, trust.ca.root_pem().as_bytes()).unwrap();
-        let creds = Credentials::from_pem(
+        Credentials::from_pem(
             leaf.chain_pem.as_bytes(),
             leaf.key_pem.as_bytes(),
             vec![bundle],
         )
-        .unwrap();
-        Arc::new(TlsConfigs::build(&creds, &[ALPN.to_vec()]).unwrap())
+        .unwrap()
     }
 
-    /// A credentials watch for `id`, offering the transport-header ALPN.
+    /// TLS configs for `id`, offering the transport-header ALPN.
+    pub fn configs_from(&self, id: &str, validity: Validity, trust: &Pki) -> Arc<TlsConfigs> {
+        Arc::new(TlsConfigs::build(&self.creds(id, validity, trust), &[ALPN.to_vec()]).unwrap())
+    }
+
+    /// A credentials watch for `id`, the shape `Inbound`, `Gateway` and
+    /// `Connector` take.
     pub fn watch(&self, id: &str) -> watch::Receiver<Arc<TlsConfigs>> {
         watch::channel(self.configs_from(id, Validity::days(1), self)).1
     }
@@ -207,7 +212,7 @@ impl Mesh {
         );
         let inbound_proxy = Inbound::new(
             InboundConfig {
-                app,
+                app: AppTarget::Fixed(app),
                 detect: detect(),
                 policy: Policy::AnyTrusted,
                 accept: AcceptConfig::default(),
@@ -216,7 +221,7 @@ impl Mesh {
                 buffer_size: 16 * 1024,
             },
             pki.watch(BOOKS_ID),
-            &router,
+            Arc::new(router),
             inbound_metrics,
         );
         tokio::spawn(inbound_proxy.serve(inbound_l, stop()));

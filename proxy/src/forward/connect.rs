@@ -71,7 +71,10 @@ impl Connector {
             Some(authority) => Some(header::header_for(authority, protocol, hop)?),
             None => None,
         };
-        let config = tls.borrow().client.clone();
+        // Pinned to the expected identity inside the handshake, and without
+        // session resumption (a reused address must not inherit an identity).
+        let alpn = header.as_ref().map(|_| header::ALPN);
+        let config = tls.borrow().client_for(&expected, alpn);
         let (mut stream, _) = tls::connect(config, tcp, &expected, self.timeout)
             .await
             .map_err(|source| Error::Tls {
