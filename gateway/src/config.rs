@@ -3,11 +3,10 @@
 //! limits share the proxy's flag groups.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use proxy::config::{LimitArgs, TlsArgs};
+use proxy::config::{DiscoveryArgs, LimitArgs, TlsArgs};
 
 use crate::GatewayConfig;
 
@@ -24,9 +23,9 @@ pub struct GatewayArgs {
     /// This cluster's domain; only targets under `svc.<domain>` are served.
     #[arg(long, env = "MESHLINK_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Static discovery file (YAML or JSON) resolving local targets.
-    #[arg(long, env = "MESHLINK_DISCOVERY_FILE")]
-    pub discovery_file: PathBuf,
+    /// Where local targets are resolved.
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
     /// The transport header must arrive within this after the handshake, in ms.
     #[arg(long, env = "MESHLINK_HEADER_TIMEOUT_MS", default_value_t = 5000)]
     pub header_timeout_ms: u64,

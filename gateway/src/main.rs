@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     tls::install_default_provider();
     let config = args.config()?;
-    let (discovery, creds) = proxy::config::load(&args.discovery_file, &args.tls, CREDENTIAL_POLL)?;
+    let (discovery, creds) = proxy::config::load(&args.discovery, &args.tls, CREDENTIAL_POLL)?;
     let signal = admin::shutdown_signal().context("installing signal handlers")?;
     let (connect_timeout, _, _) = args.limits.timeouts()?;
 

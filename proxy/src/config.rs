@@ -5,16 +5,17 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::Error;
 use crate::accept::AcceptConfig;
 use crate::detect::DetectConfig;
-use crate::discovery::StaticDiscovery;
+use crate::discovery::{Discovery, StaticDiscovery};
+use crate::discovery_grpc::GrpcDiscovery;
 use crate::inbound::{AppTarget, InboundConfig};
 use crate::init::InitConfig;
 use crate::outbound::{OutboundConfig, TargetMode};
@@ -72,15 +73,54 @@ impl TlsArgs {
     }
 }
 
-/// Loads what every data-plane binary needs before binding: the discovery file
-/// and the credentials (watched for rotation every `poll`), with client and
-/// server configs offering the transport-header ALPN.
+/// Where endpoints come from: exactly one of a static file or the control
+/// plane's discovery service.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("discovery").required(true).args(["discovery_file", "discovery_addr"])))]
+pub struct DiscoveryArgs {
+    /// Static discovery file (YAML or JSON).
+    #[arg(long, env = "MESHLINK_DISCOVERY_FILE")]
+    pub discovery_file: Option<PathBuf>,
+    /// The control plane's discovery service, `host:port`.
+    #[arg(long, env = "MESHLINK_DISCOVERY_ADDR")]
+    pub discovery_addr: Option<String>,
+    /// This proxy's zone (`topology.kubernetes.io/zone`), sent to discovery so
+    /// endpoints come with cost tiers relative to it.
+    #[arg(long, env = "MESHLINK_ZONE", default_value = "")]
+    pub zone: String,
+}
+
+impl DiscoveryArgs {
+    /// The discovery source. A service address connects lazily, so a control
+    /// plane that is not up yet does not stop the proxy from starting. Must be
+    /// called within a Tokio runtime.
+    pub fn discovery(&self) -> Result<Arc<dyn Discovery>, Error> {
+        match (&self.discovery_file, &self.discovery_addr) {
+            (Some(file), _) => Ok(Arc::new(StaticDiscovery::from_file(file)?)),
+            (None, Some(addr)) => {
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Error::Config(format!("--discovery-addr {addr:?}: {e}")))?;
+                Ok(Arc::new(GrpcDiscovery::new(
+                    endpoint.connect_lazy(),
+                    self.zone.clone(),
+                )))
+            }
+            (None, None) => Err(Error::Config(
+                "one of --discovery-file or --discovery-addr is required".into(),
+            )),
+        }
+    }
+}
+
+/// Loads what every data-plane binary needs before binding: discovery and the
+/// credentials (watched for rotation every `poll`), with client and server
+/// configs offering the transport-header ALPN.
 pub fn load(
-    discovery_file: &Path,
+    discovery: &DiscoveryArgs,
     tls: &TlsArgs,
     poll: Duration,
-) -> Result<(Arc<StaticDiscovery>, CredentialWatch), Error> {
-    let discovery = Arc::new(StaticDiscovery::from_file(discovery_file)?);
+) -> Result<(Arc<dyn Discovery>, CredentialWatch), Error> {
+    let discovery = discovery.discovery()?;
     let creds = watch_credentials(tls.files(), vec![crate::header::ALPN.to_vec()], poll)?;
     Ok((discovery, creds))
 }
@@ -182,9 +222,9 @@ pub struct RunArgs {
     /// original destination (explicit-proxy mode, for tests and demos).
     #[arg(long, env = "MESHLINK_OUTBOUND_TARGET")]
     pub outbound_target: Option<String>,
-    /// Static discovery file (YAML or JSON).
-    #[arg(long, env = "MESHLINK_DISCOVERY_FILE")]
-    pub discovery_file: PathBuf,
+    /// Where endpoints come from.
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
     /// Destination ports never detected (always opaque), comma-separated.
     #[arg(long, env = "MESHLINK_OPAQUE_PORTS", value_delimiter = ',')]
     pub opaque_ports: Vec<u16>,
@@ -219,7 +259,7 @@ impl RunArgs {
             admin_addr,
             app_addr,
             outbound_target,
-            discovery_file: _,
+            discovery: _,
             opaque_ports,
             detect_timeout_ms,
             tls: _,
@@ -356,6 +396,42 @@ mod tests {
             Command::Run(r) => r.config().map_err(|e| e.to_string()),
             Command::Init(_) => Err("init".into()),
         }
+    }
+
+    #[test]
+    fn exactly_one_discovery_source() {
+        let both = run(&["--discovery-addr", "198.18.0.1:8086"]).unwrap_err();
+        assert!(both.contains("cannot be used with"), "{both}");
+        let argv = [
+            "proxy",
+            "run",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--tls-trust",
+            "r",
+        ];
+        let none = Cli::try_parse_from(argv).unwrap_err().to_string();
+        assert!(
+            none.contains("--discovery-file") && none.contains("--discovery-addr"),
+            "{none}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_discovery_address_connects_lazily() {
+        let args = DiscoveryArgs {
+            discovery_file: None,
+            discovery_addr: Some("127.0.0.1:1".into()),
+            zone: "a".into(),
+        };
+        assert!(args.discovery().is_ok(), "no control plane needed to start");
+        let bad = DiscoveryArgs {
+            discovery_addr: Some("bad host:1".into()),
+            ..args
+        };
+        assert!(matches!(bad.discovery(), Err(Error::Config(m)) if m.contains("bad host")));
     }
 
     #[test]

@@ -63,7 +63,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tls::install_default_provider();
     // Everything is validated before a port is bound.
     let config = args.config()?;
-    let (discovery, creds) = proxy::config::load(&args.discovery_file, &args.tls, CREDENTIAL_POLL)?;
+    let (discovery, creds) = proxy::config::load(&args.discovery, &args.tls, CREDENTIAL_POLL)?;
     let signal = admin::shutdown_signal().context("installing signal handlers")?;
 
     let mut registry = Registry::default();
