@@ -88,14 +88,18 @@ fn read_kubeconfig(global: &GlobalArgs) -> Result<(Kubeconfig, String), CliError
         Some(path) => {
             let source = format!("kubeconfig {}", path.display());
             let config = Kubeconfig::read_from(path).map_err(|e| {
-                CliError::Usage(format!("cannot read {source}: {e}; check --kubeconfig"))
+                CliError::Usage(format!(
+                    "cannot read {source}: {}; check --kubeconfig",
+                    crate::error::root_cause(&e)
+                ))
             })?;
             Ok((config, source))
         }
         None => {
             let config = Kubeconfig::read().map_err(|e| {
                 CliError::Usage(format!(
-                    "cannot read the default kubeconfig ($KUBECONFIG or ~/.kube/config): {e}; pass --kubeconfig"
+                    "cannot read the default kubeconfig ($KUBECONFIG or ~/.kube/config): {}; pass --kubeconfig",
+                    crate::error::root_cause(&e)
                 ))
             })?;
             Ok((config, "the default kubeconfig".to_owned()))
