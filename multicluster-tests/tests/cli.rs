@@ -1,0 +1,466 @@
+//! The built `meshlink` binary against real clusters: `link` output applied to the
+//! source cluster yields a valid Link and working least-privilege credentials,
+//! `export`/`unexport` flip the label, `unlink --apply` removes exactly what the
+//! link owns, and bad input fails with one line and nothing applied.
+//!
+//! The binary comes from the same target directory (`cargo build -p link-cli`).
+
+// A failed unwrap is a failed test, which is what tests are for.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use api::labels;
+use api::link::Link;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, CustomResourceExt};
+use multicluster_tests::{Cluster, Harness, meshlink_binary};
+use serde_json::{Value, json};
+
+const MC_NS: &str = "meshlink-multicluster";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs meshlink against `cluster`'s admin kubeconfig, in its context unless
+/// `args` name another.
+fn meshlink(cluster: &Cluster, args: &[&str]) -> Run {
+    let kubeconfig = cluster.kubeconfig_path().to_str().unwrap();
+    let mut command = Command::new(meshlink_binary("meshlink").unwrap());
+    command.args(["--kubeconfig", kubeconfig]);
+    if !args.contains(&"--context") {
+        command.args(["--context", cluster.name()]);
+    }
+    let out = command.args(args).output().unwrap();
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn apply_value(client: &Client, object: Value) {
+    let params = PatchParams::apply("cli-test").force();
+    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+    let ns = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_owned();
+    let patch = Patch::Apply(&object);
+    match object["kind"].as_str().unwrap() {
+        "Namespace" => drop(
+            Api::<Namespace>::all(client.clone())
+                .patch(&name, &params, &patch)
+                .await
+                .unwrap(),
+        ),
+        "Secret" => drop(
+            Api::<Secret>::namespaced(client.clone(), &ns)
+                .patch(&name, &params, &patch)
+                .await
+                .unwrap(),
+        ),
+        "Service" => drop(
+            Api::<Service>::namespaced(client.clone(), &ns)
+                .patch(&name, &params, &patch)
+                .await
+                .unwrap(),
+        ),
+        "EndpointSlice" => drop(
+            Api::<EndpointSlice>::namespaced(client.clone(), &ns)
+                .patch(&name, &params, &patch)
+                .await
+                .unwrap(),
+        ),
+        "Link" => drop(
+            Api::<Link>::namespaced(client.clone(), &ns)
+                .patch(&name, &params, &patch)
+                .await
+                .unwrap(),
+        ),
+        other => panic!("unexpected kind {other}"),
+    }
+}
+
+async fn namespace(client: &Client, name: &str) {
+    apply_value(
+        client,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .await;
+}
+
+/// Installs the Link CRD and waits until Links are served.
+async fn install_link_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "links.multicluster.meshlink.io",
+        &PatchParams::apply("cli-test"),
+        &Patch::Apply(Link::crd()),
+    )
+    .await
+    .unwrap();
+    let links: Api<Link> = Api::all(client.clone());
+    eventually("Link CRD served", || {
+        let links = links.clone();
+        async move { links.list(&ListParams::default()).await.ok() }
+    })
+    .await;
+}
+
+/// Server-side applies every document of a multi-document YAML stream.
+async fn apply_yaml(client: &Client, yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    let mut applied = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let value = Value::deserialize(doc).unwrap();
+        apply_value(client, value.clone()).await;
+        applied.push(value);
+    }
+    applied
+}
+
+async fn client_from_kubeconfig(yaml: &str) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(yaml).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+fn api_code<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> u16 {
+    match result {
+        Err(kube::Error::Api(status)) => status.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn link_output_applied_to_west_gives_a_valid_link_with_read_only_credentials() {
+    let harness = Harness::builder()
+        .cluster("east")
+        .cluster("west")
+        .start()
+        .await
+        .unwrap();
+    let (east, west) = (harness.cluster("east"), harness.cluster("west"));
+    namespace(&east.client(), MC_NS).await;
+    namespace(&west.client(), MC_NS).await;
+    install_link_crd(&west.client()).await;
+
+    let gateway = east.gateway_address().to_string();
+    let args = [
+        "link",
+        "--cluster-name",
+        "east",
+        "--gateway-addresses",
+        &gateway,
+    ];
+    let run = meshlink(east, &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Linking again reuses the ServiceAccount and RBAC (server-side apply).
+    let again = meshlink(east, &args);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+
+    let applied = apply_yaml(&west.client(), &run.stdout).await;
+    let kinds: Vec<&str> = applied
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["Secret", "Link"]);
+
+    let link = Api::<Link>::namespaced(west.client(), MC_NS)
+        .get("east")
+        .await
+        .unwrap();
+    link.spec.validate().unwrap();
+    assert_eq!(link.spec.target_cluster_name, "east");
+    assert_eq!(link.spec.gateway_addresses, [gateway.clone()]);
+    assert_eq!(link.spec.gateway_port, api::link::DEFAULT_GATEWAY_PORT);
+
+    let secret = Api::<Secret>::namespaced(west.client(), MC_NS)
+        .get(&link.spec.credentials_secret)
+        .await
+        .unwrap();
+    assert_eq!(
+        secret.type_.as_deref(),
+        Some(labels::REMOTE_KUBECONFIG_SECRET_TYPE)
+    );
+    let kubeconfig = &secret.data.unwrap()[labels::REMOTE_KUBECONFIG_KEY].0;
+    let remote = client_from_kubeconfig(std::str::from_utf8(kubeconfig).unwrap()).await;
+
+    // The credentials read what mirroring needs in east, and nothing more.
+    let services: Api<Service> = Api::all(remote.clone());
+    let listed = services.list(&ListParams::default()).await.unwrap();
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some("kubernetes"))
+    );
+    Api::<EndpointSlice>::all(remote.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(
+            Api::<Secret>::all(remote.clone())
+                .list(&ListParams::default())
+                .await
+        ),
+        403
+    );
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}));
+    let write = Api::<Service>::namespaced(remote, "default")
+        .patch("kubernetes", &PatchParams::default(), &patch)
+        .await;
+    assert_eq!(api_code(write), 403);
+}
+
+#[tokio::test]
+async fn export_then_unexport_changes_only_the_exported_label() {
+    let harness = Harness::builder().cluster("east").start().await.unwrap();
+    let east = harness.cluster("east");
+    namespace(&east.client(), "shop").await;
+    apply_value(
+        &east.client(),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+               "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+    )
+    .await;
+    let services: Api<Service> = Api::namespaced(east.client(), "shop");
+    let labels_of = || async {
+        services
+            .get("web")
+            .await
+            .unwrap()
+            .metadata
+            .labels
+            .unwrap_or_default()
+    };
+
+    let run = meshlink(east, &["-n", "shop", "export", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let after = labels_of().await;
+    assert_eq!(
+        after.get(labels::EXPORTED).map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(after.get("app").map(String::as_str), Some("web"));
+
+    let run = meshlink(east, &["-n", "shop", "export", "web", "--remote-discovery"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(labels_of().await[labels::EXPORTED], "remote-discovery");
+
+    let run = meshlink(east, &["-n", "shop", "unexport", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let after = labels_of().await;
+    assert!(!after.contains_key(labels::EXPORTED));
+    assert_eq!(after.get("app").map(String::as_str), Some("web"));
+
+    let run = meshlink(east, &["-n", "shop", "export", "nope"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stderr.lines().collect::<Vec<_>>(),
+        [format!(
+            "error: service \"nope\" not found in namespace \"shop\" on cluster at {} (context \"east\"); check the name and -n",
+            east.server_url()
+        )]
+    );
+}
+
+fn mirror(kind: &str, name: &str, ns: &str, cluster: &str) -> Value {
+    let meta = json!({"name": name, "namespace": ns,
+        "labels": {labels::MIRRORED: "true", labels::CLUSTER_NAME: cluster}});
+    match kind {
+        "Service" => json!({"apiVersion": "v1", "kind": "Service", "metadata": meta,
+                            "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+        _ => json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": meta,
+                    "addressType": "IPv4", "endpoints": []}),
+    }
+}
+
+#[tokio::test]
+async fn unlink_apply_removes_exactly_the_links_objects() {
+    let harness = Harness::builder()
+        .cluster("east")
+        .cluster("west")
+        .start()
+        .await
+        .unwrap();
+    let (east, west) = (harness.cluster("east"), harness.cluster("west"));
+    let client = west.client();
+    namespace(&east.client(), MC_NS).await;
+    namespace(&client, MC_NS).await;
+    namespace(&client, "shop").await;
+    install_link_crd(&client).await;
+    for (cluster, gateway) in [("east", "198.18.0.40"), ("north", "198.18.0.41")] {
+        let run = meshlink(
+            east,
+            &[
+                "link",
+                "--cluster-name",
+                cluster,
+                "--gateway-addresses",
+                gateway,
+            ],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        apply_yaml(&client, &run.stdout).await;
+    }
+    for object in [
+        mirror("Service", "web-east", "shop", "east"),
+        mirror("EndpointSlice", "web-east-1", "shop", "east"),
+        mirror("Service", "web-north", "shop", "north"),
+        // A user's Service sharing only the cluster-name label is not a mirror.
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": "shop", "labels": {labels::CLUSTER_NAME: "east"}},
+               "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+    ] {
+        apply_value(&client, object).await;
+    }
+
+    let dry = meshlink(west, &["unlink", "--cluster-name", "east"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    // Header, the Link, its Secret, the mirror Service and slice, footer.
+    assert_eq!(dry.stdout.lines().count(), 6, "{}", dry.stdout);
+    for name in ["link-east-credentials", "web-east", "web-east-1"] {
+        assert!(dry.stdout.contains(name), "{}", dry.stdout);
+    }
+    assert!(dry.stdout.contains("pass --apply"), "{}", dry.stdout);
+    let links: Api<Link> = Api::namespaced(client.clone(), MC_NS);
+    assert!(
+        links.get_opt("east").await.unwrap().is_some(),
+        "dry run deleted the Link"
+    );
+
+    let run = meshlink(west, &["unlink", "--cluster-name", "east", "--apply"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), MC_NS);
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "shop");
+    eventually("east's objects deleted", || async {
+        let gone = links.get_opt("east").await.unwrap().is_none()
+            && secrets
+                .get_opt("link-east-credentials")
+                .await
+                .unwrap()
+                .is_none()
+            && services.get_opt("web-east").await.unwrap().is_none()
+            && slices.get_opt("web-east-1").await.unwrap().is_none();
+        gone.then_some(())
+    })
+    .await;
+    // Everything else is still there.
+    assert!(links.get_opt("north").await.unwrap().is_some());
+    assert!(
+        secrets
+            .get_opt("link-north-credentials")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(services.get_opt("web-north").await.unwrap().is_some());
+    assert!(services.get_opt("web").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn bad_input_fails_with_one_line_and_applies_nothing() {
+    let harness = Harness::builder().cluster("east").start().await.unwrap();
+    let east = harness.cluster("east");
+    namespace(&east.client(), MC_NS).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(east.client(), MC_NS);
+    let roles: Api<ClusterRole> = Api::all(east.client());
+    let one_line = |run: &Run, code: i32, needle: &str| {
+        assert_eq!(run.code, code, "{}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr.starts_with("error: ") && run.stderr.contains(needle),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty());
+    };
+
+    let run = meshlink(east, &["link", "--cluster-name", "east"]);
+    one_line(
+        &run,
+        1,
+        "gateway Service meshlink-multicluster/meshlink-gateway not found",
+    );
+
+    apply_value(
+        &east.client(),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "meshlink-gateway", "namespace": MC_NS},
+               "spec": {"type": "LoadBalancer", "ports": [{"name": "mc-gateway", "port": 4143}]}}),
+    )
+    .await;
+    let run = meshlink(east, &["link", "--cluster-name", "east"]);
+    one_line(
+        &run,
+        1,
+        "is a LoadBalancer without ingress addresses yet; pass --gateway-addresses",
+    );
+
+    let run = meshlink(
+        east,
+        &["--context", "nope", "link", "--cluster-name", "east"],
+    );
+    one_line(&run, 2, "context \"nope\" not found");
+
+    // Nothing was applied by the failed runs.
+    assert!(sas.get_opt("meshlink-mirror").await.unwrap().is_none());
+    assert!(
+        roles
+            .get_opt("meshlink-remote-mirror")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    east.stop_apiserver();
+    let run = meshlink(
+        east,
+        &[
+            "link",
+            "--cluster-name",
+            "east",
+            "--gateway-addresses",
+            "198.18.0.40",
+        ],
+    );
+    one_line(
+        &run,
+        3,
+        &format!("cannot reach cluster at {}", east.server_url()),
+    );
+}
