@@ -71,7 +71,7 @@ pub enum Command {
     Allow(AllowArgs),
     /// Run against the TARGET cluster: print the Link and credentials Secret to
     /// apply to the SOURCE cluster (creates the ServiceAccount, RBAC and a token).
-    Link(LinkArgs),
+    Link(Box<LinkArgs>),
     /// Run against the SOURCE cluster: list (and with --apply delete) a Link,
     /// its Secret and its mirror Services and EndpointSlices.
     Unlink(UnlinkArgs),

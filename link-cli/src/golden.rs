@@ -1,6 +1,8 @@
 //! Golden-file comparison for tests: `tests/golden/<name>` holds the expected
 //! output; set `MESHLINK_UPDATE_GOLDEN=1` to rewrite the files from the actual output.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 /// Asserts `actual` equals golden file `name`, or rewrites it when asked to.

@@ -2,6 +2,9 @@
 //! exit with its documented code and print exactly one `error:` line, pinned by
 //! the golden file `tests/golden/errors.txt` (`MESHLINK_UPDATE_GOLDEN=1` rewrites it).
 
+// A failed unwrap is a failed test, which is what tests are for.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -202,7 +202,7 @@ async fn link_output_applied_to_west_gives_a_valid_link_with_read_only_credentia
         .unwrap();
     link.spec.validate().unwrap();
     assert_eq!(link.spec.target_cluster_name, "east");
-    assert_eq!(link.spec.gateway_addresses, [gateway.clone()]);
+    assert_eq!(link.spec.gateway_addresses, [gateway]);
     assert_eq!(link.spec.gateway_port, api::link::DEFAULT_GATEWAY_PORT);
 
     let secret = Api::<Secret>::namespaced(west.client(), MC_NS)
