@@ -122,6 +122,10 @@ pub struct LinkArgs {
     /// SPIFFE identity the gateway presents.
     #[arg(long, value_name = "SPIFFE_ID")]
     pub gateway_identity: Option<String>,
+    /// PEM file of the target cluster's trust roots, when they differ from the
+    /// source cluster's (trust-domain federation).
+    #[arg(long, value_name = "PEM_FILE")]
+    pub remote_trust_bundle: Option<PathBuf>,
     /// Label selector of the Services to mirror through the gateway, e.g.
     /// `app=web,tier!=db,exported` (default: mirror.meshlink.io/exported=true).
     #[arg(long, value_name = "SELECTOR")]

@@ -31,6 +31,11 @@ pub async fn run(global: &GlobalArgs, args: &LinkArgs) -> Result<String, CliErro
         .map(parse_selector)
         .transpose()
         .map_err(CliError::Usage)?;
+    let trust_bundle = args
+        .remote_trust_bundle
+        .as_deref()
+        .map(read_trust_bundle)
+        .transpose()?;
     if matches!(global.output, Some(crate::cli::OutputFormat::Table)) {
         return Err(CliError::Usage(
             "-o table is not available for manifests; use -o yaml or -o json".into(),
@@ -44,6 +49,7 @@ pub async fn run(global: &GlobalArgs, args: &LinkArgs) -> Result<String, CliErro
         cluster_domain: args.cluster_domain.clone(),
         gateway,
         selector,
+        trust_bundle,
     };
     let link = plan
         .link()
@@ -68,6 +74,14 @@ pub async fn run(global: &GlobalArgs, args: &LinkArgs) -> Result<String, CliErro
         output::value(&link)?,
     ];
     output::manifests(&objects, global.output)
+}
+
+fn read_trust_bundle(path: &std::path::Path) -> Result<String, CliError> {
+    let bad =
+        |why: String| CliError::Usage(format!("--remote-trust-bundle {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    crate::render::check_pem_bundle(&text).map_err(bad)?;
+    Ok(text)
 }
 
 async fn find_gateway(

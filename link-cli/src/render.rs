@@ -45,62 +45,65 @@ pub fn gateway_from_service(service: &Service, nodes: &[Node]) -> Result<Gateway
             .iter()
             .find(|p| p.name.as_deref() == Some(name))
             .or_else(|| ports.iter().find(|p| p.port == i32::from(default)))
-            .cloned()
     };
     let traffic = find(GATEWAY_PORT_NAME, api::link::DEFAULT_GATEWAY_PORT)
         .ok_or_else(|| format!("has no port named {GATEWAY_PORT_NAME} or numbered 4143"))?;
     let probe = find(PROBE_PORT_NAME, api::link::DEFAULT_PROBE_PORT);
-    let identity = service
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(labels::ENDPOINT_IDENTITY).cloned());
-    match spec.type_.as_deref() {
+    let (addresses, port, probe_port) = match spec.type_.as_deref() {
         Some("LoadBalancer") => {
-            let ingress = service
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.clone())
-                .unwrap_or_default();
-            let addresses: Vec<String> = ingress
-                .into_iter()
-                .filter_map(|i| i.ip.or(i.hostname))
-                .collect();
-            if addresses.is_empty() {
-                return Err("is a LoadBalancer without ingress addresses yet".into());
-            }
-            Ok(Gateway {
-                addresses,
-                port: port_number(traffic.port)?,
-                probe_port: probe
-                    .map_or(Ok(api::link::DEFAULT_PROBE_PORT), |p| port_number(p.port))?,
-                identity,
-            })
+            let probe_port =
+                probe.map_or(Ok(api::link::DEFAULT_PROBE_PORT), |p| port_number(p.port));
+            (
+                ingress_addresses(service)?,
+                port_number(traffic.port)?,
+                probe_port?,
+            )
         }
         Some("NodePort") => {
             let addresses = node_addresses(nodes);
             if addresses.is_empty() {
                 return Err("is a NodePort but no Node has an address".into());
             }
-            let node_port = |p: &ServicePort| {
-                p.node_port
-                    .ok_or_else(|| format!("port {} has no nodePort assigned", p.port))
-                    .and_then(port_number)
-            };
-            let port = node_port(&traffic)?;
-            Ok(Gateway {
-                addresses,
-                port,
-                probe_port: probe.as_ref().map_or(Ok(port), node_port)?,
-                identity,
-            })
+            let port = node_port(traffic)?;
+            (addresses, port, probe.map_or(Ok(port), node_port)?)
         }
-        other => Err(format!(
-            "is of type {} (need LoadBalancer or NodePort)",
-            other.unwrap_or("ClusterIP")
-        )),
+        other => {
+            let type_ = other.unwrap_or("ClusterIP");
+            return Err(format!(
+                "is of type {type_} (need LoadBalancer or NodePort)"
+            ));
+        }
+    };
+    let annotations = service.metadata.annotations.as_ref();
+    Ok(Gateway {
+        addresses,
+        port,
+        probe_port,
+        identity: annotations.and_then(|a| a.get(labels::ENDPOINT_IDENTITY).cloned()),
+    })
+}
+
+fn ingress_addresses(service: &Service) -> Result<Vec<String>, String> {
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.clone())
+        .unwrap_or_default();
+    let addresses: Vec<String> = ingress
+        .into_iter()
+        .filter_map(|i| i.ip.or(i.hostname))
+        .collect();
+    if addresses.is_empty() {
+        return Err("is a LoadBalancer without ingress addresses yet".into());
     }
+    Ok(addresses)
+}
+
+fn node_port(port: &ServicePort) -> Result<u16, String> {
+    port.node_port
+        .ok_or_else(|| format!("port {} has no nodePort assigned", port.port))
+        .and_then(port_number)
 }
 
 fn port_number(port: i32) -> Result<u16, String> {
@@ -195,6 +198,8 @@ pub struct LinkPlan {
     pub gateway: Gateway,
     /// Services to mirror through the gateway; `None` keeps the CRD default.
     pub selector: Option<LabelSelector>,
+    /// The target's trust roots (PEM), when they differ from the source's.
+    pub trust_bundle: Option<String>,
 }
 
 impl LinkPlan {
@@ -216,6 +221,7 @@ impl LinkPlan {
         spec.gateway_port = self.gateway.port;
         spec.probe.port = self.gateway.probe_port;
         spec.gateway_identity = self.gateway.identity.clone();
+        spec.remote_trust_bundle.clone_from(&self.trust_bundle);
         if let Some(selector) = &self.selector {
             spec.selector = selector.clone();
         }
@@ -269,6 +275,32 @@ pub fn token_kubeconfig(cluster: &str, server: &str, ca_pem: Option<&str>, token
     });
     // A Value of strings and arrays always serializes.
     serde_yaml_ng::to_string(&config).unwrap_or_default()
+}
+
+/// Checks that `text` is one or more PEM certificates whose bodies are base64.
+pub fn check_pem_bundle(text: &str) -> Result<(), String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut rest = text.trim();
+    let mut count = 0;
+    while !rest.is_empty() {
+        let body = rest
+            .strip_prefix(BEGIN)
+            .ok_or_else(|| format!("expected {BEGIN} after {count} certificate(s)"))?;
+        let (body, after) = body
+            .split_once(END)
+            .ok_or_else(|| format!("certificate {} has no {END}", count + 1))?;
+        let compact: String = body.split_whitespace().collect();
+        BASE64
+            .decode(compact)
+            .map_err(|e| format!("certificate {} is not base64: {e}", count + 1))?;
+        count += 1;
+        rest = after.trim_start();
+    }
+    if count == 0 {
+        return Err("no certificate found".into());
+    }
+    Ok(())
 }
 
 /// DER certificates as one PEM bundle.

@@ -51,6 +51,9 @@ fn bad_input_gives_one_clear_line_and_the_documented_exit_code() {
     std::fs::write(&kubeconfig, UNREACHABLE).unwrap();
     let kc = kubeconfig.to_str().unwrap();
     let missing: PathBuf = dir.path().join("missing");
+    let garbage = dir.path().join("bundle.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let garbage = garbage.to_str().unwrap();
     let cases: Vec<(&str, Vec<&str>, i32)> = vec![
         (
             "unreachable cluster",
@@ -103,6 +106,17 @@ fn bad_input_gives_one_clear_line_and_the_documented_exit_code() {
         (
             "bad selector",
             vec!["link", "--cluster-name", "east", "--selector", "a=b,,c"],
+            2,
+        ),
+        (
+            "garbage trust bundle",
+            vec![
+                "link",
+                "--cluster-name",
+                "east",
+                "--remote-trust-bundle",
+                garbage,
+            ],
             2,
         ),
         (

@@ -155,6 +155,7 @@ fn fixed_plan() -> LinkPlan {
             ),
         },
         selector: None,
+        trust_bundle: None,
     }
 }
 
@@ -241,4 +242,34 @@ fn allow_output_matches_golden() {
     let access = crate::rbac::remote_mirror_access("meshlink-multicluster", "mirror-west");
     let out = crate::output::manifests(&access.to_values().unwrap(), None).unwrap();
     golden::check("allow.yaml", &out);
+}
+
+#[test]
+fn pem_bundle_check_accepts_certificates_and_names_what_is_wrong() {
+    let two = pem_bundle(&[vec![1u8; 40], vec![2u8; 70]]);
+    assert_eq!(check_pem_bundle(&two), Ok(()));
+    assert!(check_pem_bundle("").unwrap_err().contains("no certificate"));
+    assert!(
+        check_pem_bundle("garbage")
+            .unwrap_err()
+            .contains("expected -----BEGIN")
+    );
+    let cut = &two[..two.len() - 30];
+    assert!(
+        check_pem_bundle(cut)
+            .unwrap_err()
+            .contains("has no -----END")
+    );
+    let bad = "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n";
+    assert!(check_pem_bundle(bad).unwrap_err().contains("not base64"));
+}
+
+#[test]
+fn trust_bundle_is_carried_into_the_link() {
+    let bundle = pem_bundle(&[vec![3u8; 50]]);
+    let plan = LinkPlan {
+        trust_bundle: Some(bundle.clone()),
+        ..fixed_plan()
+    };
+    assert_eq!(plan.link().unwrap().spec.remote_trust_bundle, Some(bundle));
 }
