@@ -14,33 +14,48 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use crate::cli::{DEFAULT_MULTICLUSTER_NAMESPACE, GlobalArgs, LinkArgs};
 use crate::error::CliError;
 use crate::rbac::{RemoteAccess, remote_mirror_access};
-use crate::render::{Gateway, LinkPlan, gateway_from_service, parse_selector, parse_ttl};
+use crate::render::{
+    Gateway, LinkPlan, gateway_from_service, parse_selector, parse_ttl, pem_bundle,
+    token_kubeconfig,
+};
 use crate::target::{Target, connect};
 use crate::{FIELD_MANAGER, output};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// What `link` takes from its flags alone, checked before touching the cluster.
+struct Inputs {
+    namespace: String,
+    ttl: i64,
+    selector: Option<LabelSelector>,
+    trust_bundle: Option<String>,
+}
+
+fn inputs(global: &GlobalArgs, args: &LinkArgs) -> Result<Inputs, CliError> {
+    output::manifest_format(global.output)?;
+    let selector = args.selector.as_deref().map(parse_selector).transpose();
+    Ok(Inputs {
+        namespace: global
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MULTICLUSTER_NAMESPACE.to_owned()),
+        ttl: parse_ttl(&args.token_ttl).map_err(CliError::Usage)?,
+        selector: selector.map_err(CliError::Usage)?,
+        trust_bundle: args
+            .remote_trust_bundle
+            .as_deref()
+            .map(read_trust_bundle)
+            .transpose()?,
+    })
+}
 
 /// Runs `link`; returns what to print.
 pub async fn run(global: &GlobalArgs, args: &LinkArgs) -> Result<String, CliError> {
-    let namespace = global
-        .namespace
-        .clone()
-        .unwrap_or_else(|| DEFAULT_MULTICLUSTER_NAMESPACE.to_owned());
-    let ttl = parse_ttl(&args.token_ttl).map_err(CliError::Usage)?;
-    let selector = args
-        .selector
-        .as_deref()
-        .map(parse_selector)
-        .transpose()
-        .map_err(CliError::Usage)?;
-    let trust_bundle = args
-        .remote_trust_bundle
-        .as_deref()
-        .map(read_trust_bundle)
-        .transpose()?;
-    if matches!(global.output, Some(crate::cli::OutputFormat::Table)) {
-        return Err(CliError::Usage(
-            "-o table is not available for manifests; use -o yaml or -o json".into(),
-        ));
-    }
+    let Inputs {
+        namespace,
+        ttl,
+        selector,
+        trust_bundle,
+    } = inputs(global, args)?;
     let target = connect(global).await?;
     let gateway = find_gateway(&target, &namespace, args).await?;
     let plan = LinkPlan {
@@ -55,20 +70,18 @@ pub async fn run(global: &GlobalArgs, args: &LinkArgs) -> Result<String, CliErro
         .link()
         .map_err(|e| CliError::Usage(format!("{e}; check --cluster-name and the gateway flags")))?;
     ensure_namespace(&target, &namespace).await?;
-    let access = remote_mirror_access(&namespace, &args.service_account);
-    apply_access(&target, &access).await?;
+    apply_access(
+        &target,
+        &remote_mirror_access(&namespace, &args.service_account),
+    )
+    .await?;
     let token = mint_token(&target, &namespace, &args.service_account, ttl).await?;
     let server = args
         .api_server_address
-        .clone()
-        .unwrap_or_else(|| target.endpoint.server.clone());
-    let ca = target
-        .config
-        .root_cert
-        .as_deref()
-        .map(crate::render::pem_bundle);
-    let kubeconfig =
-        crate::render::token_kubeconfig(&args.cluster_name, &server, ca.as_deref(), &token);
+        .as_ref()
+        .unwrap_or(&target.endpoint.server);
+    let ca = target.config.root_cert.as_deref().map(pem_bundle);
+    let kubeconfig = token_kubeconfig(&args.cluster_name, server, ca.as_deref(), &token);
     let objects = [
         output::value(&plan.secret(&kubeconfig))?,
         output::value(&link)?,

@@ -8,25 +8,29 @@ use crate::error::CliError;
 
 /// Renders objects for `kubectl apply -f -` (YAML, the default) or as JSON.
 pub fn manifests(objects: &[Value], format: Option<OutputFormat>) -> Result<String, CliError> {
-    match format.unwrap_or(OutputFormat::Yaml) {
-        OutputFormat::Yaml => {
-            let mut out = String::new();
-            for object in objects {
-                out.push_str("---\n");
-                out.push_str(&to_yaml(object)?);
-            }
-            Ok(out)
-        }
-        OutputFormat::Json => {
-            let list = match objects {
-                [one] => one.clone(),
-                many => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": many}),
-            };
-            to_json(&list)
-        }
-        OutputFormat::Table => Err(CliError::Usage(
+    manifest_format(format)?;
+    if format == Some(OutputFormat::Json) {
+        let list = match objects {
+            [one] => one.clone(),
+            many => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": many}),
+        };
+        return to_json(&list);
+    }
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&to_yaml(object)?);
+    }
+    Ok(out)
+}
+
+/// Refuses `-o table` for commands that print manifests, before they do any work.
+pub fn manifest_format(format: Option<OutputFormat>) -> Result<(), CliError> {
+    match format {
+        Some(OutputFormat::Table) => Err(CliError::Usage(
             "-o table is not available for manifests; use -o yaml or -o json".into(),
         )),
+        _ => Ok(()),
     }
 }
 

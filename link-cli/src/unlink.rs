@@ -178,3 +178,32 @@ pub fn render(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden;
+
+    fn owned() -> Vec<Owned> {
+        let o = |kind, namespace: &str, name: &str| Owned {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        vec![
+            o("Link", "meshlink-multicluster", "east"),
+            o("Secret", "meshlink-multicluster", "link-east-credentials"),
+            o("Service", "shop", "web-east"),
+            o("EndpointSlice", "shop", "web-east-x7k2p"),
+        ]
+    }
+
+    #[test]
+    fn listing_matches_golden_in_each_format() {
+        let mut out = render(&owned(), "east", false, None).unwrap();
+        out += &render(&owned(), "east", true, None).unwrap();
+        out += &render(&[], "east", false, None).unwrap();
+        out += &render(&owned(), "east", false, Some(OutputFormat::Yaml)).unwrap();
+        golden::check("unlink.txt", &out);
+    }
+}

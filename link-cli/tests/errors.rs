@@ -5,6 +5,9 @@
 // A failed unwrap is a failed test, which is what tests are for.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../src/golden.rs"]
+mod golden;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -134,7 +137,7 @@ fn bad_input_gives_one_clear_line_and_the_documented_exit_code() {
         assert!(stderr.starts_with("error: "), "{name}: {stderr}");
         transcript.push_str(&format!("# {name} (exit {code})\n{stderr}"));
     }
-    golden("errors.txt", &transcript);
+    golden::check("errors.txt", &transcript);
 }
 
 #[test]
@@ -177,16 +180,4 @@ fn allow_needs_no_cluster_and_honours_namespace() {
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
     );
     assert_eq!(list["items"][0]["metadata"]["namespace"], "mc");
-}
-
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("MESHLINK_UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(actual, expected, "differs from {}", path.display());
 }
