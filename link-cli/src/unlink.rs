@@ -10,7 +10,7 @@ use api::labels;
 use api::link::Link;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams};
 use kube::{Resource, ResourceExt};
 
 use crate::cli::{DEFAULT_MULTICLUSTER_NAMESPACE, GlobalArgs, OutputFormat, UnlinkArgs};
@@ -112,35 +112,21 @@ fn owned_of<K: Resource>(kind: &'static str, object: &K) -> Owned {
 }
 
 async fn delete(target: &Target, object: &Owned) -> Result<(), CliError> {
-    let client = target.client.clone();
-    let ns = object.namespace.as_str();
-    let params = DeleteParams::background();
-    let result = match object.kind {
-        "Link" => Api::<Link>::namespaced(client, ns)
-            .delete(&object.name, &params)
-            .await
-            .map(|_| ()),
-        "Secret" => Api::<Secret>::namespaced(client, ns)
-            .delete(&object.name, &params)
-            .await
-            .map(|_| ()),
-        "Service" => Api::<Service>::namespaced(client, ns)
-            .delete(&object.name, &params)
-            .await
-            .map(|_| ()),
-        _ => Api::<EndpointSlice>::namespaced(client, ns)
-            .delete(&object.name, &params)
-            .await
-            .map(|_| ()),
+    let resource = match object.kind {
+        "Link" => ApiResource::erase::<Link>(&()),
+        "Secret" => ApiResource::erase::<Secret>(&()),
+        "Service" => ApiResource::erase::<Service>(&()),
+        _ => ApiResource::erase::<EndpointSlice>(&()),
     };
-    match result {
+    let (ns, name) = (object.namespace.as_str(), object.name.as_str());
+    let api: Api<DynamicObject> = Api::namespaced_with(target.client.clone(), ns, &resource);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
         // Already gone (e.g. the mirror controller removed it first): fine.
         Err(e) if is_not_found(&e) => Ok(()),
-        other => other.map_err(|e| {
-            target
-                .endpoint
-                .error(&format!("deleting {} {ns}/{}", object.kind, object.name), e)
-        }),
+        Err(e) => Err(target
+            .endpoint
+            .error(&format!("deleting {} {ns}/{name}", object.kind), e)),
     }
 }
 

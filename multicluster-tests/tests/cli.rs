@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, CustomResourceExt};
 use multicluster_tests::{Cluster, Harness, meshlink_binary};
@@ -73,40 +73,22 @@ async fn apply_value(client: &Client, object: Value) {
         .as_str()
         .unwrap_or("default")
         .to_owned();
-    let patch = Patch::Apply(&object);
-    match object["kind"].as_str().unwrap() {
-        "Namespace" => drop(
-            Api::<Namespace>::all(client.clone())
-                .patch(&name, &params, &patch)
-                .await
-                .unwrap(),
-        ),
-        "Secret" => drop(
-            Api::<Secret>::namespaced(client.clone(), &ns)
-                .patch(&name, &params, &patch)
-                .await
-                .unwrap(),
-        ),
-        "Service" => drop(
-            Api::<Service>::namespaced(client.clone(), &ns)
-                .patch(&name, &params, &patch)
-                .await
-                .unwrap(),
-        ),
-        "EndpointSlice" => drop(
-            Api::<EndpointSlice>::namespaced(client.clone(), &ns)
-                .patch(&name, &params, &patch)
-                .await
-                .unwrap(),
-        ),
-        "Link" => drop(
-            Api::<Link>::namespaced(client.clone(), &ns)
-                .patch(&name, &params, &patch)
-                .await
-                .unwrap(),
-        ),
+    let resource = match object["kind"].as_str().unwrap() {
+        "Namespace" => ApiResource::erase::<Namespace>(&()),
+        "Secret" => ApiResource::erase::<Secret>(&()),
+        "Service" => ApiResource::erase::<Service>(&()),
+        "EndpointSlice" => ApiResource::erase::<EndpointSlice>(&()),
+        "Link" => ApiResource::erase::<Link>(&()),
         other => panic!("unexpected kind {other}"),
-    }
+    };
+    let api: Api<DynamicObject> = if resource.kind == "Namespace" {
+        Api::all_with(client.clone(), &resource)
+    } else {
+        Api::namespaced_with(client.clone(), &ns, &resource)
+    };
+    api.patch(&name, &params, &Patch::Apply(&object))
+        .await
+        .unwrap();
 }
 
 async fn namespace(client: &Client, name: &str) {
