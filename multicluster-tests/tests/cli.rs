@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use api::labels;
 use api::link::Link;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, CustomResourceExt};
 use multicluster_tests::{Cluster, Harness, meshlink_binary};
@@ -444,5 +444,85 @@ async fn bad_input_fails_with_one_line_and_applies_nothing() {
         &run,
         3,
         &format!("cannot reach cluster at {}", east.server_url()),
+    );
+}
+
+/// Runs `link` without `--gateway-addresses` and returns the Link it printed.
+fn discovered_link(east: &Cluster) -> Link {
+    let run = meshlink(east, &["-o", "json", "link", "--cluster-name", "east"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let list: Value = serde_json::from_str(&run.stdout).unwrap();
+    serde_json::from_value(list["items"][1].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn link_reads_the_gateway_from_its_load_balancer_or_node_port_service() {
+    let harness = Harness::builder().cluster("east").start().await.unwrap();
+    let east = harness.cluster("east");
+    let client = east.client();
+    namespace(&client, MC_NS).await;
+    let gateway_service = |type_: &str| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "meshlink-gateway", "namespace": MC_NS},
+               "spec": {"type": type_, "ports": [
+                   {"name": "mc-gateway", "port": 4143},
+                   {"name": "mc-probe", "port": 4191}]}})
+    };
+    let services: Api<Service> = Api::namespaced(client.clone(), MC_NS);
+
+    // LoadBalancer: the ingress addresses and the service ports.
+    apply_value(&client, gateway_service("LoadBalancer")).await;
+    let status = json!({"status": {"loadBalancer": {"ingress": [
+        {"ip": "203.0.113.7"}, {"hostname": "gw.east.example"}]}}});
+    services
+        .patch_status(
+            "meshlink-gateway",
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .unwrap();
+    let link = discovered_link(east);
+    assert_eq!(
+        link.spec.gateway_addresses,
+        ["203.0.113.7", "gw.east.example"]
+    );
+    assert_eq!((link.spec.gateway_port, link.spec.probe.port), (4143, 4191));
+
+    // NodePort: the nodes' addresses and the node ports, for traffic and probes.
+    services
+        .delete("meshlink-gateway", &Default::default())
+        .await
+        .unwrap();
+    apply_value(&client, gateway_service("NodePort")).await;
+    let svc = services.get("meshlink-gateway").await.unwrap();
+    let node_ports: Vec<u16> = svc
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .iter()
+        .map(|p| u16::try_from(p.node_port.unwrap()).unwrap())
+        .collect();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let addresses = json!({"status": {"addresses": [
+        {"type": "InternalIP", "address": "10.0.0.5"},
+        {"type": "ExternalIP", "address": "198.51.100.5"}]}});
+    nodes
+        .patch_status("node-1", &PatchParams::default(), &Patch::Merge(&addresses))
+        .await
+        .unwrap();
+    let link = discovered_link(east);
+    assert_eq!(link.spec.gateway_addresses, ["198.51.100.5"]);
+    assert_eq!(
+        (link.spec.gateway_port, link.spec.probe.port),
+        (node_ports[0], node_ports[1])
     );
 }
