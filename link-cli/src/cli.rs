@@ -75,6 +75,10 @@ pub enum Command {
     /// Run against the SOURCE cluster: list (and with --apply delete) a Link,
     /// its Secret and its mirror Services and EndpointSlices.
     Unlink(UnlinkArgs),
+    /// Run against the SOURCE cluster: named checks of the Link CRD, every
+    /// Link (spec, credentials, remote API and permissions, gateway) and orphan
+    /// mirrors, with a hint for each problem. Exits 1 if a check fails.
+    Check(CheckArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
 }
@@ -159,6 +163,14 @@ pub struct UnlinkArgs {
     /// Delete what is listed (default: only list it).
     #[arg(long)]
     pub apply: bool,
+}
+
+/// `meshlink check`.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Retry for up to this long (`30s`, `2m`) until no check fails.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
 }
 
 /// `meshlink completion`.

@@ -5,6 +5,7 @@
 //! [`error::CliError::exit_code`]; results go to stdout so they can be piped into
 //! `kubectl apply -f -`.
 
+mod check;
 mod cli;
 mod error;
 mod export;
@@ -34,11 +35,18 @@ async fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(text) => {
+        Ok((text, failure)) => {
             let mut stdout = std::io::stdout().lock();
             // A closed pipe (`meshlink ... | head`) is not an error worth a line.
             let _ = stdout.write_all(text.as_bytes());
-            ExitCode::SUCCESS
+            let _ = stdout.flush();
+            match failure {
+                None => ExitCode::SUCCESS,
+                Some(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -47,7 +55,16 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<String, CliError> {
+/// Runs a command: what to print, and a failure to report after printing it
+/// (`check` prints its report even when a check fails).
+async fn run(cli: Cli) -> Result<(String, Option<CliError>), CliError> {
+    if let Command::Check(args) = &cli.command {
+        return check::run(&cli.global, args).await;
+    }
+    run_simple(&cli).await.map(|text| (text, None))
+}
+
+async fn run_simple(cli: &Cli) -> Result<String, CliError> {
     let global = &cli.global;
     match &cli.command {
         Command::Export(args) => {
@@ -65,6 +82,8 @@ async fn run(cli: Cli) -> Result<String, CliError> {
         }
         Command::Link(args) => link::run(global, args).await,
         Command::Unlink(args) => unlink::run(global, args).await,
+        // Handled by `run`, which keeps the report when a check fails.
+        Command::Check(_) => Ok(String::new()),
         Command::Completion(args) => {
             let mut script = Vec::new();
             clap_complete::generate(args.shell, &mut Cli::command(), "meshlink", &mut script);

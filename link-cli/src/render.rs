@@ -164,10 +164,10 @@ pub fn parse_selector(text: &str) -> Result<LabelSelector, String> {
     })
 }
 
-/// Parses `<n>s`, `<n>m`, `<n>h` or `<n>d` into seconds; at least 10 minutes, the
-/// TokenRequest API's minimum.
-pub fn parse_ttl(text: &str) -> Result<i64, String> {
-    let bad = || format!("invalid --token-ttl {text:?}: use e.g. 3600s, 90m, 24h or 365d");
+/// Parses `<n>s`, `<n>m`, `<n>h` or `<n>d` into seconds; `flag` names the flag
+/// in the error.
+pub fn parse_duration(flag: &str, text: &str) -> Result<i64, String> {
+    let bad = || format!("invalid {flag} {text:?}: use e.g. 3600s, 90m, 24h or 365d");
     let split = text.len().checked_sub(1).ok_or_else(bad)?;
     let (number, unit) = text.split_at(split);
     let n: i64 = number.parse().map_err(|_| bad())?;
@@ -178,7 +178,12 @@ pub fn parse_ttl(text: &str) -> Result<i64, String> {
         "d" => 86_400,
         _ => return Err(bad()),
     };
-    let seconds = n.checked_mul(scale).ok_or_else(bad)?;
+    n.checked_mul(scale).filter(|s| *s >= 0).ok_or_else(bad)
+}
+
+/// A token lifetime: a duration of at least 10 minutes, the TokenRequest minimum.
+pub fn parse_ttl(text: &str) -> Result<i64, String> {
+    let seconds = parse_duration("--token-ttl", text)?;
     if seconds < 600 {
         return Err(format!("--token-ttl {text:?} is under the 10m minimum"));
     }
