@@ -526,3 +526,102 @@ async fn link_reads_the_gateway_from_its_load_balancer_or_node_port_service() {
         (node_ports[0], node_ports[1])
     );
 }
+
+async fn set_gateway_alive(links: &Api<Link>, alive: bool) {
+    let status = json!({"status": {"gatewayAlive": alive}});
+    links
+        .patch_status("east", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// The line of `check`'s table for `name`.
+fn check_line<'a>(run: &'a Run, name: &str) -> &'a str {
+    run.stdout
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no check {name:?} in:\n{}", run.stdout))
+}
+
+#[tokio::test]
+async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hint() {
+    let harness = Harness::builder()
+        .cluster("east")
+        .cluster("west")
+        .start()
+        .await
+        .unwrap();
+    let (east, west) = (harness.cluster("east"), harness.cluster("west"));
+    namespace(&east.client(), MC_NS).await;
+    namespace(&west.client(), MC_NS).await;
+
+    let run = meshlink(west, &["check"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(check_line(&run, "Link CRD").contains("FAIL"));
+
+    install_link_crd(&west.client()).await;
+    let run = meshlink(
+        east,
+        &[
+            "link",
+            "--cluster-name",
+            "east",
+            "--gateway-addresses",
+            "198.18.0.40",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    apply_yaml(&west.client(), &run.stdout).await;
+    let links: Api<Link> = Api::namespaced(west.client(), MC_NS);
+
+    // What the mirror controller would report: a live gateway.
+    set_gateway_alive(&links, true).await;
+    let run = meshlink(west, &["check"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    for name in [
+        "link east: spec",
+        "link east: credentials",
+        "link east: remote API",
+        "link east: remote permissions",
+        "link east: gateway",
+        "orphan mirrors",
+    ] {
+        assert!(check_line(&run, name).contains(" ok "), "{}", run.stdout);
+    }
+
+    set_gateway_alive(&links, false).await;
+    let run = meshlink(west, &["check"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        check_line(&run, "link east: gateway").contains("FAIL"),
+        "{}",
+        run.stdout
+    );
+    assert!(check_line(&run, "link east: gateway").contains("check the gateway pods"));
+    assert_eq!(
+        run.stderr.trim(),
+        "error: 1 check(s) failed: link east: gateway"
+    );
+    set_gateway_alive(&links, true).await;
+
+    // Revoke the token: deleting its ServiceAccount invalidates every token for it.
+    let sas: Api<ServiceAccount> = Api::namespaced(east.client(), MC_NS);
+    sas.delete("meshlink-mirror", &Default::default())
+        .await
+        .unwrap();
+    let run = eventually("check to see the revoked token", || async {
+        let run = meshlink(west, &["check"]);
+        (run.code == 1).then_some(run)
+    })
+    .await;
+    let line = check_line(&run, "link east: remote API");
+    assert!(
+        line.contains("FAIL") && line.contains("(401)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        line.contains("rerun `meshlink link --cluster-name east`"),
+        "{line}"
+    );
+}
