@@ -270,14 +270,13 @@ async fn permissions_check(name: &str, remote: &Target) -> Check {
                 },
                 ..SelfSubjectAccessReview::default()
             };
-            let allowed = api
-                .create(&PostParams::default(), &review)
-                .await
-                .ok()
-                .and_then(|r| r.status)
-                .is_some_and(|s| s.allowed);
-            if !allowed {
-                missing.push(format!("{verb} {resource}"));
+            match api.create(&PostParams::default(), &review).await {
+                Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
+                Ok(_) => missing.push(format!("{verb} {resource}")),
+                Err(e) => {
+                    let line = remote.endpoint.error("reviewing access", e);
+                    return check(name, Outcome::Fail, line.to_string());
+                }
             }
         }
     }

@@ -79,6 +79,9 @@ pub enum Command {
     /// Link (spec, credentials, remote API and permissions, gateway) and orphan
     /// mirrors, with a hint for each problem. Exits 1 if a check fails.
     Check(CheckArgs),
+    /// Run against the SOURCE cluster: one row per Link with its gateway's
+    /// last reported liveness, mirrored services and probe age.
+    Gateways,
     /// Print a shell completion script.
     Completion(CompletionArgs),
 }

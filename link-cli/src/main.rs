@@ -9,6 +9,7 @@ mod check;
 mod cli;
 mod error;
 mod export;
+mod gateways;
 #[cfg(test)]
 mod golden;
 mod link;
@@ -82,6 +83,7 @@ async fn run_simple(cli: &Cli) -> Result<String, CliError> {
         }
         Command::Link(args) => link::run(global, args).await,
         Command::Unlink(args) => unlink::run(global, args).await,
+        Command::Gateways => gateways::run(global).await,
         // Handled by `run`, which keeps the report when a check fails.
         Command::Check(_) => Ok(String::new()),
         Command::Completion(args) => {

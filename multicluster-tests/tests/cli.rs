@@ -535,7 +535,7 @@ async fn set_gateway_alive(links: &Api<Link>, alive: bool) {
         .unwrap();
 }
 
-/// The line of `check`'s table for `name`.
+/// The line of a table that starts with `name`.
 fn check_line<'a>(run: &'a Run, name: &str) -> &'a str {
     run.stdout
         .lines()
@@ -589,6 +589,16 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
         assert!(check_line(&run, name).contains(" ok "), "{}", run.stdout);
     }
 
+    let run = meshlink(west, &["gateways"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let row: Vec<&str> = check_line(&run, "east").split_whitespace().collect();
+    assert_eq!(
+        row[..4],
+        ["east", MC_NS, "198.18.0.40:4143", "yes"],
+        "{}",
+        run.stdout
+    );
+
     set_gateway_alive(&links, false).await;
     let run = meshlink(west, &["check"]);
     assert_eq!(run.code, 1);
@@ -609,9 +619,12 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
     sas.delete("meshlink-mirror", &Default::default())
         .await
         .unwrap();
+    // The apiserver caches token authentication for a few seconds, during which
+    // other checks may already fail: wait for the remote API check itself.
     let run = eventually("check to see the revoked token", || async {
         let run = meshlink(west, &["check"]);
-        (run.code == 1).then_some(run)
+        let remote_api = check_line(&run, "link east: remote API").contains("FAIL");
+        (run.code == 1 && remote_api).then_some(run)
     })
     .await;
     let line = check_line(&run, "link east: remote API");
