@@ -137,6 +137,20 @@ async fn client_from_kubeconfig(yaml: &str) -> Client {
     Client::try_from(config).unwrap()
 }
 
+/// East and west, each with the multicluster namespace.
+async fn pair() -> Harness {
+    let harness = Harness::builder()
+        .cluster("east")
+        .cluster("west")
+        .start()
+        .await
+        .unwrap();
+    for cluster in harness.clusters() {
+        namespace(&cluster.client(), MC_NS).await;
+    }
+    harness
+}
+
 fn api_code<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> u16 {
     match result {
         Err(kube::Error::Api(status)) => status.code,
@@ -146,15 +160,8 @@ fn api_code<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> u16 {
 
 #[tokio::test]
 async fn link_output_applied_to_west_gives_a_valid_link_with_read_only_credentials() {
-    let harness = Harness::builder()
-        .cluster("east")
-        .cluster("west")
-        .start()
-        .await
-        .unwrap();
+    let harness = pair().await;
     let (east, west) = (harness.cluster("east"), harness.cluster("west"));
-    namespace(&east.client(), MC_NS).await;
-    namespace(&west.client(), MC_NS).await;
     install_link_crd(&west.client()).await;
 
     let gateway = east.gateway_address().to_string();
@@ -292,16 +299,9 @@ fn mirror(kind: &str, name: &str, ns: &str, cluster: &str) -> Value {
 
 #[tokio::test]
 async fn unlink_apply_removes_exactly_the_links_objects() {
-    let harness = Harness::builder()
-        .cluster("east")
-        .cluster("west")
-        .start()
-        .await
-        .unwrap();
+    let harness = pair().await;
     let (east, west) = (harness.cluster("east"), harness.cluster("west"));
     let client = west.client();
-    namespace(&east.client(), MC_NS).await;
-    namespace(&client, MC_NS).await;
     namespace(&client, "shop").await;
     install_link_crd(&client).await;
     for (cluster, gateway) in [("east", "198.18.0.40"), ("north", "198.18.0.41")] {
@@ -545,15 +545,8 @@ fn check_line<'a>(run: &'a Run, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hint() {
-    let harness = Harness::builder()
-        .cluster("east")
-        .cluster("west")
-        .start()
-        .await
-        .unwrap();
+    let harness = pair().await;
     let (east, west) = (harness.cluster("east"), harness.cluster("west"));
-    namespace(&east.client(), MC_NS).await;
-    namespace(&west.client(), MC_NS).await;
 
     let run = meshlink(west, &["check"]);
     assert_eq!(run.code, 1, "{}", run.stdout);
