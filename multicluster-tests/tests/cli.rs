@@ -631,3 +631,64 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
         "{line}"
     );
 }
+
+// block_in_place (reading the child's pipes) needs the multi-threaded runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_wait_retries_until_the_failing_check_passes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let harness = pair().await;
+    let (east, west) = (harness.cluster("east"), harness.cluster("west"));
+    install_link_crd(&west.client()).await;
+    let run = meshlink(
+        east,
+        &[
+            "link",
+            "--cluster-name",
+            "east",
+            "--gateway-addresses",
+            "198.18.0.40",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    apply_yaml(&west.client(), &run.stdout).await;
+    let links: Api<Link> = Api::namespaced(west.client(), MC_NS);
+    set_gateway_alive(&links, false).await;
+
+    let kubeconfig = west.kubeconfig_path().to_str().unwrap();
+    let mut child = Command::new(meshlink_binary("meshlink").unwrap())
+        .args([
+            "--kubeconfig",
+            kubeconfig,
+            "--context",
+            "west",
+            "check",
+            "--wait",
+            "30s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first "waiting" line proves it saw the failure and is retrying.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    tokio::task::block_in_place(|| stderr.read_line(&mut first)).unwrap();
+    assert_eq!(first.trim(), "waiting: 1 check(s) failing");
+
+    set_gateway_alive(&links, true).await;
+    let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("link east: gateway") && l.contains(" ok ")),
+        "{stdout}"
+    );
+}
