@@ -527,6 +527,24 @@ async fn link_reads_the_gateway_from_its_load_balancer_or_node_port_service() {
     );
 }
 
+/// Installs the Link CRD in west and applies `meshlink link` output from east
+/// there; returns west's Links.
+async fn link_east_into_west(harness: &Harness) -> Api<Link> {
+    let (east, west) = (harness.cluster("east"), harness.cluster("west"));
+    install_link_crd(&west.client()).await;
+    let args = [
+        "link",
+        "--cluster-name",
+        "east",
+        "--gateway-addresses",
+        "198.18.0.40",
+    ];
+    let run = meshlink(east, &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    apply_yaml(&west.client(), &run.stdout).await;
+    Api::namespaced(west.client(), MC_NS)
+}
+
 async fn set_gateway_alive(links: &Api<Link>, alive: bool) {
     let status = json!({"status": {"gatewayAlive": alive}});
     links
@@ -552,20 +570,7 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(check_line(&run, "Link CRD").contains("FAIL"));
 
-    install_link_crd(&west.client()).await;
-    let run = meshlink(
-        east,
-        &[
-            "link",
-            "--cluster-name",
-            "east",
-            "--gateway-addresses",
-            "198.18.0.40",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    apply_yaml(&west.client(), &run.stdout).await;
-    let links: Api<Link> = Api::namespaced(west.client(), MC_NS);
+    let links = link_east_into_west(&harness).await;
 
     // What the mirror controller would report: a live gateway.
     set_gateway_alive(&links, true).await;
@@ -639,21 +644,8 @@ async fn check_wait_retries_until_the_failing_check_passes() {
     use std::process::Stdio;
 
     let harness = pair().await;
-    let (east, west) = (harness.cluster("east"), harness.cluster("west"));
-    install_link_crd(&west.client()).await;
-    let run = meshlink(
-        east,
-        &[
-            "link",
-            "--cluster-name",
-            "east",
-            "--gateway-addresses",
-            "198.18.0.40",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    apply_yaml(&west.client(), &run.stdout).await;
-    let links: Api<Link> = Api::namespaced(west.client(), MC_NS);
+    let west = harness.cluster("west");
+    let links = link_east_into_west(&harness).await;
     set_gateway_alive(&links, false).await;
 
     let kubeconfig = west.kubeconfig_path().to_str().unwrap();
