@@ -146,7 +146,13 @@ async fn link_checks(target: &Target, link: &Link) -> Result<Vec<Check>, CliErro
         )),
         Err(e) => {
             let hint = remote_hint(&e, cluster);
-            let line = remote.endpoint.error("listing Services", e).to_string();
+            // Not `Endpoint::error`: its "check --context" hint is about the local
+            // kubeconfig, while this one came from the Secret.
+            let line = match &e {
+                kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+                other => crate::error::root_cause(other),
+            };
+            let line = format!("listing Services at {}: {line}", remote.endpoint.server);
             checks.push(check(
                 &name("remote API"),
                 Outcome::Fail,
