@@ -1,0 +1,183 @@
+//! The built `meshlink` binary on bad input that needs no cluster: each case must
+//! exit with its documented code and print exactly one `error:` line, pinned by
+//! the golden file `tests/golden/errors.txt` (`MESHLINK_UPDATE_GOLDEN=1` rewrites it).
+
+// A failed unwrap is a failed test, which is what tests are for.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../src/golden.rs"]
+mod golden;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A kubeconfig whose only context points at a closed loopback port.
+const UNREACHABLE: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: dead
+  cluster:
+    server: https://127.0.0.1:1
+users:
+- name: u
+  user:
+    token: t
+contexts:
+- name: dead
+  context:
+    cluster: dead
+    user: u
+current-context: dead
+";
+
+/// Runs meshlink; returns (exit code, stdout, stderr with the temp dir replaced).
+fn meshlink(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshlink"))
+        .args(args)
+        .env("HOME", dir)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = stderr.replace(dir.to_str().unwrap(), "$DIR");
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        stderr,
+    )
+}
+
+#[test]
+fn bad_input_gives_one_clear_line_and_the_documented_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, UNREACHABLE).unwrap();
+    let kc = kubeconfig.to_str().unwrap();
+    let missing: PathBuf = dir.path().join("missing");
+    let garbage = dir.path().join("bundle.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let garbage = garbage.to_str().unwrap();
+    let cases: Vec<(&str, Vec<&str>, i32)> = vec![
+        (
+            "unreachable cluster",
+            vec!["--kubeconfig", kc, "export", "web"],
+            3,
+        ),
+        (
+            "unreachable cluster (link)",
+            vec![
+                "--kubeconfig",
+                kc,
+                "link",
+                "--cluster-name",
+                "east",
+                "--gateway-addresses",
+                "10.0.0.1",
+            ],
+            3,
+        ),
+        (
+            "unknown context",
+            vec![
+                "--kubeconfig",
+                kc,
+                "--context",
+                "nope",
+                "link",
+                "--cluster-name",
+                "east",
+            ],
+            2,
+        ),
+        (
+            "missing kubeconfig",
+            vec![
+                "--kubeconfig",
+                missing.to_str().unwrap(),
+                "unlink",
+                "--cluster-name",
+                "east",
+            ],
+            2,
+        ),
+        ("no default kubeconfig", vec!["unexport", "web"], 2),
+        (
+            "token ttl too short",
+            vec!["link", "--cluster-name", "east", "--token-ttl", "1m"],
+            2,
+        ),
+        (
+            "bad selector",
+            vec!["link", "--cluster-name", "east", "--selector", "a=b,,c"],
+            2,
+        ),
+        (
+            "garbage trust bundle",
+            vec![
+                "link",
+                "--cluster-name",
+                "east",
+                "--remote-trust-bundle",
+                garbage,
+            ],
+            2,
+        ),
+        (
+            "table for manifests",
+            vec!["-o", "table", "allow", "--service-account", "m"],
+            2,
+        ),
+    ];
+    let mut transcript = String::new();
+    for (name, args, code) in cases {
+        let (actual, stdout, stderr) = meshlink(dir.path(), &args);
+        assert_eq!(actual, code, "{name}: exit code; stderr: {stderr}");
+        assert!(stdout.is_empty(), "{name}: printed to stdout: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{name}: not one line: {stderr}");
+        assert!(stderr.starts_with("error: "), "{name}: {stderr}");
+        transcript.push_str(&format!("# {name} (exit {code})\n{stderr}"));
+    }
+    golden::check("errors.txt", &transcript);
+}
+
+#[test]
+fn missing_arguments_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = meshlink(dir.path(), &["link"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--cluster-name"), "{stderr}");
+}
+
+#[test]
+fn completion_scripts_name_the_subcommands() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, stdout, _) = meshlink(dir.path(), &["completion", shell]);
+        assert_eq!(code, 0, "{shell}");
+        for verb in ["export", "unexport", "allow", "link", "unlink"] {
+            assert!(stdout.contains(verb), "{shell} completion lacks {verb}");
+        }
+    }
+}
+
+#[test]
+fn allow_needs_no_cluster_and_honours_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = meshlink(
+        dir.path(),
+        &["-n", "mc", "-o", "json", "allow", "--service-account", "m"],
+    );
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kinds: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+    );
+    assert_eq!(list["items"][0]["metadata"]["namespace"], "mc");
+}
