@@ -70,18 +70,23 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = elector.acquire() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = stopped(&mut shutdown) => return,
         }
         tracing::info!(identity = %opts.identity, "leading");
         tokio::select! {
             _ = elector.hold() => tracing::warn!("lost leadership; stopping writes"),
             _ = link_loop(&local, &opts, &metrics) => {}
-            _ = shutdown.wait_for(|s| *s) => {
+            _ = stopped(&mut shutdown) => {
                 elector.release().await;
                 return;
             }
         }
     }
+}
+
+/// Resolves once shutdown is requested (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// What the Link currently asks for.
@@ -102,6 +107,7 @@ async fn link_loop(local: &Client, opts: &Options, metrics: &Metrics) {
     );
     let mut failures: u32 = 0;
     loop {
+        tracing::debug!(failures, "reading link");
         let delay = backoff(failures);
         match prepare(local, opts, metrics, &recorder).await {
             Ok(Prepared::Missing) => {
@@ -116,6 +122,7 @@ async fn link_loop(local: &Client, opts: &Options, metrics: &Metrics) {
                 wait_link_change(local, opts, delay).await;
             }
             Ok(Prepared::Ready(session, secret_rv)) => {
+                tracing::debug!("link and credentials loaded");
                 failures = 0;
                 let link = session.link.clone();
                 tokio::select! {
@@ -159,8 +166,10 @@ async fn prepare(
         name: link_name,
         reason: e.0,
     })?;
+    tracing::debug!("link read; loading credentials");
     let (remote, secret_rv) =
         remote_client(local, &opts.namespace, &link.spec.credentials_secret).await?;
+    tracing::debug!("remote client built");
     let tls = probe_tls(opts, link.spec.remote_trust_bundle.as_deref())?;
     ensure_finalizer(&links, &link).await?;
     let session = Session {

@@ -122,6 +122,7 @@ impl Session {
             shared.clone(),
         ));
 
+        tracing::debug!("session started; waiting for initial lists");
         for mut rx in [svc_rx, slice_rx, ns_rx] {
             if rx.wait_for(|synced| *synced).await.is_err() {
                 return;
@@ -132,6 +133,7 @@ impl Session {
         {
             return;
         }
+        tracing::debug!("initial lists done; mirroring");
         let link_ref = self.link.object_ref(&());
         let writer = Writer::new(self.local.clone(), cluster, local_slices.clone());
         let ctx = WriteContext {
