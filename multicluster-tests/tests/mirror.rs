@@ -255,12 +255,14 @@ impl Env {
             ..Default::default()
         };
         let secrets: Api<Secret> = Api::namespaced(self.west(), LINK_NS);
+        // A Secret's type is immutable: replace it whole.
+        let _ = secrets.delete(SECRET, &DeleteParams::default()).await;
+        eventually("old secret gone", || async {
+            secrets.get_opt(SECRET).await.ok()?.is_none().then_some(())
+        })
+        .await;
         secrets
-            .patch(
-                SECRET,
-                &PatchParams::apply("test").force(),
-                &Patch::Apply(&secret),
-            )
+            .create(&PostParams::default(), &secret)
             .await
             .unwrap();
     }
@@ -813,7 +815,7 @@ async fn headless_flat_missing_namespace_and_invalid_names() {
     until_present(&west, "late", "ghost-east").await;
 
     // A mirror name over 63 characters is refused with a reason.
-    let long = "a".repeat(58);
+    let long = "a".repeat(59);
     apply(&east, "db", &exported_service(&long, "true", &[])).await;
     let status = env
         .status_until("InvalidService reported", |s| {
