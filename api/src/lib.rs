@@ -3,5 +3,8 @@
 //! and the transport-header codec. It performs no I/O, so every other crate can depend
 //! on it without pulling in a runtime.
 
+pub mod discovery;
+pub mod identity;
 pub mod labels;
 pub mod link;
+pub mod transport_header;

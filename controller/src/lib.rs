@@ -1,4 +1,6 @@
-//! The control plane of one cluster: discovery (streams of endpoints and routes 
-//! for proxies, built from Services, EndpointSlices, mirrored services and 
-//! TrafficSplits), failover (TrafficSplit weights driven by endpoint health) and 
+//! The control plane of one cluster: discovery (streams of endpoints and routes
+//! for proxies, built from Services, EndpointSlices, mirrored services and
+//! TrafficSplits), failover (TrafficSplit weights driven by endpoint health) and
 //! identity (workload certificate signing).
+
+pub mod discovery;

@@ -1,4 +1,26 @@
-//! The meshlink sidecar proxy as a library: listeners, transparent interception, 
-//! protocol detection, mutual TLS with SPIFFE identities, load balancing with cost 
-//! tiers, and the admin server. The gateway is this proxy in gateway mode, and the 
+//! The meshlink sidecar proxy as a library: listeners, transparent interception,
+//! protocol detection, mutual TLS with SPIFFE identities, load balancing with cost
+//! tiers, and the admin server. The gateway is this proxy in gateway mode, and the
 //! other long-running components reuse its identity and admin pieces.
+//!
+//! A connection walks one stage per module: [`accept`] → TLS ([`inbound`]) →
+//! [`detect`] → [`route`] (with [`discovery`]) → [`balance`] → [`forward`].
+
+pub mod accept;
+pub mod balance;
+pub mod detect;
+pub mod discovery;
+mod error;
+pub mod forward;
+pub mod header;
+pub mod inbound;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod route;
+
+pub mod admin;
+pub mod pki;
+pub mod tls;
+
+pub use error::Error;

@@ -1,0 +1,399 @@
+//! Test support: a throwaway PKI, test applications (HTTP echo speaking HTTP/1,
+//! h2c and gRPC-shaped HTTP/2, TCP echo, a server-speaks-first banner server),
+//! and a two-cluster mesh on loopback: west outbound proxy → east gateway → east
+//! inbound proxy → app, every listener on port 0.
+//!
+//! INTERIM: the PKI and TLS configs here stand in for the identity branch's
+//! `proxy::pki` / `proxy::tls` until that branch is merged.
+#![allow(dead_code, missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::registry::Registry;
+use proxy::accept::AcceptConfig;
+use proxy::balance::BalanceConfig;
+use proxy::detect::DetectConfig;
+use proxy::discovery::{Endpoint, StaticDiscovery};
+use proxy::forward::connect::{ClientTls, Connector};
+use proxy::inbound::{Inbound, InboundConfig};
+use proxy::metrics::Metrics;
+use proxy::outbound::{Outbound, OutboundConfig, TargetMode};
+use proxy::route::Router;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+use rustls::crypto::aws_lc_rs;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub const TARGET: &str = "books.shop.svc.cluster.local:8080";
+pub const MIRROR: &str = "books-east.shop.svc.cluster.local:8080";
+pub const GATEWAY_ID: &str = "spiffe://east.example/ns/meshlink-multicluster/sa/gateway";
+pub const BOOKS_ID: &str = "spiffe://east.example/ns/shop/sa/books";
+pub const WEB_ID: &str = "spiffe://west.example/ns/shop/sa/web";
+
+/// A root CA that signs workload certificates.
+pub struct Pki {
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+    pub root: CertificateDer<'static>,
+}
+
+pub struct Leaf {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Self::named("meshlink test root")
+    }
+
+    pub fn named(cn: &str) -> Self {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let root = ca_params.self_signed(&ca_key).unwrap().der().clone();
+        Self {
+            ca_params,
+            ca_key,
+            root,
+        }
+    }
+
+    pub fn leaf(&self, spiffe_id: &str) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![
+            SanType::URI(spiffe_id.try_into().unwrap()),
+            SanType::IpAddress([127, 0, 0, 1].into()),
+        ];
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Leaf {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+
+    fn roots(&self) -> Arc<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.root.clone()).unwrap();
+        Arc::new(roots)
+    }
+
+    pub fn server(
+        &self,
+        id: &str,
+        alpn: Option<&[u8]>,
+    ) -> watch::Receiver<Arc<rustls::ServerConfig>> {
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let leaf = self.leaf(id);
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(leaf.chain, leaf.key)
+            .unwrap();
+        config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
+        watch::channel(Arc::new(config)).1
+    }
+
+    pub fn client(&self, id: &str) -> Arc<TestClientTls> {
+        Arc::new(TestClientTls {
+            roots: self.roots(),
+            leaf: self.leaf(id),
+        })
+    }
+}
+
+/// Client TLS for tests. Verifies the chain and the 127.0.0.1 SAN only; the
+/// identity branch's verifier checks the SPIFFE ID.
+pub struct TestClientTls {
+    roots: Arc<rustls::RootCertStore>,
+    leaf: Leaf,
+}
+
+impl ClientTls for TestClientTls {
+    fn config(
+        &self,
+        _identity: &str,
+        alpn: Option<&[u8]>,
+    ) -> Result<Arc<rustls::ClientConfig>, proxy::Error> {
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(self.roots.clone())
+                .with_client_auth_cert(self.leaf.chain.clone(), self.leaf.key.clone_key())
+                .unwrap();
+        config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
+        Ok(Arc::new(config))
+    }
+}
+
+/// An HTTP/1 + h2c echo server: the response body is the request body, header
+/// `x-seen-version` names the version the app saw, and gRPC requests get
+/// `grpc-status: 0` as a trailer.
+pub async fn http_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(echo);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
+    let version = format!("{:?}", req.version());
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let body: EchoBody = if grpc {
+        let data = req.into_body().collect().await.unwrap().to_bytes();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        Full::new(data)
+            .map_err(|never| match never {})
+            .with_trailers(async move { Some(Ok(trailers)) })
+            .boxed()
+    } else {
+        req.into_body().boxed()
+    };
+    let mut rsp = Response::new(body);
+    rsp.headers_mut()
+        .insert("x-seen-version", version.parse().unwrap());
+    Ok(rsp)
+}
+
+/// A TCP echo server.
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A server-speaks-first server: sends a banner, then echoes one line back.
+pub const BANNER: &[u8] = b"220 banner.example ready\r\n";
+pub async fn banner_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                s.write_all(BANNER).await.unwrap();
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let _ = s.write_all(&buf[..n]).await;
+            });
+        }
+    });
+    addr
+}
+
+/// West outbound → east gateway → east inbound → app, on loopback.
+pub struct Mesh {
+    pub outbound: SocketAddr,
+    pub gateway: SocketAddr,
+    pub inbound: SocketAddr,
+    pub pki: Pki,
+    pub gateway_registry: Registry,
+    pub outbound_registry: Registry,
+    pub east_discovery: Arc<StaticDiscovery>,
+    _shutdown: watch::Sender<()>,
+}
+
+pub fn detect() -> DetectConfig {
+    DetectConfig {
+        timeout: Duration::from_millis(300),
+        ..DetectConfig::default()
+    }
+}
+
+impl Mesh {
+    pub async fn start(app: SocketAddr) -> Self {
+        let pki = Pki::new();
+        let (shutdown, rx) = watch::channel(());
+        let stop = move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.changed().await;
+            }
+        };
+        let connect_timeout = Duration::from_secs(5);
+
+        // East: the app's sidecar (inbound) and the gateway.
+        let east_connector = Connector::new(connect_timeout, Some(pki.client(GATEWAY_ID)));
+        let inbound_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inbound = inbound_l.local_addr().unwrap();
+        let mut reg = Registry::default();
+        let inbound_metrics = Arc::new(Metrics::register(&mut reg));
+        let router = Router::new(
+            Arc::new(StaticDiscovery::new()),
+            Connector::new(connect_timeout, None),
+            BalanceConfig::default(),
+            1,
+        );
+        let inbound_proxy = Inbound::new(
+            InboundConfig {
+                app,
+                detect: detect(),
+                accept: AcceptConfig::default(),
+                handshake_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(60),
+                buffer_size: 16 * 1024,
+            },
+            pki.server(BOOKS_ID, None),
+            &router,
+            inbound_metrics,
+        );
+        tokio::spawn(inbound_proxy.serve(inbound_l, stop()));
+
+        let east_discovery = Arc::new(StaticDiscovery::new());
+        east_discovery.set(
+            TARGET,
+            vec![Endpoint {
+                identity: Some(BOOKS_ID.into()),
+                ..Endpoint::plain(inbound)
+            }],
+        );
+        let gateway_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = gateway_l.local_addr().unwrap();
+        let mut gateway_registry = Registry::default();
+        let gw_metrics = Arc::new(Metrics::register(&mut gateway_registry));
+        let gw_router = Arc::new(Router::new(
+            east_discovery.clone(),
+            east_connector,
+            BalanceConfig::default(),
+            2,
+        ));
+        let gw = gateway::Gateway::new(
+            gateway::GatewayConfig {
+                cluster_domain: "cluster.local".into(),
+                policy: gateway::Policy::AnyTrusted,
+                handshake_timeout: Duration::from_secs(5),
+                header_timeout: Duration::from_secs(5),
+                accept: AcceptConfig::default(),
+                idle_timeout: Duration::from_secs(60),
+                buffer_size: 16 * 1024,
+            },
+            pki.server(GATEWAY_ID, Some(proxy::header::ALPN)),
+            gw_router,
+            gw_metrics,
+        );
+        tokio::spawn(gw.serve(gateway_l, stop()));
+
+        // West: the client's sidecar (outbound), resolving the mirror service.
+        let west_discovery = Arc::new(StaticDiscovery::new());
+        west_discovery.set(
+            MIRROR,
+            vec![Endpoint {
+                identity: Some(GATEWAY_ID.into()),
+                remote_authority: Some(TARGET.into()),
+                cluster: Some("east".into()),
+                ..Endpoint::plain(gateway)
+            }],
+        );
+        let west_connector = Connector::new(connect_timeout, Some(pki.client(WEB_ID)));
+        let west_router = Arc::new(Router::new(
+            west_discovery,
+            west_connector,
+            BalanceConfig::default(),
+            1,
+        ));
+        let outbound_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let outbound = outbound_l.local_addr().unwrap();
+        let mut outbound_registry = Registry::default();
+        let out_metrics = Arc::new(Metrics::register(&mut outbound_registry));
+        let out = Outbound::new(
+            OutboundConfig {
+                target: TargetMode::Fixed(MIRROR.into()),
+                detect: detect(),
+                accept: AcceptConfig::default(),
+                idle_timeout: Duration::from_secs(60),
+                buffer_size: 16 * 1024,
+            },
+            west_router,
+            out_metrics,
+        );
+        tokio::spawn(out.serve(outbound_l, stop()));
+
+        Self {
+            outbound,
+            gateway,
+            inbound,
+            pki,
+            gateway_registry,
+            outbound_registry,
+            east_discovery,
+            _shutdown: shutdown,
+        }
+    }
+}
+
+/// The text exposition of a registry.
+pub fn scrape(reg: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, reg).unwrap();
+    text
+}
+
+/// The value of the sample whose line starts with `prefix`, or 0.
+pub fn sample(reg: &Registry, prefix: &str) -> f64 {
+    scrape(reg)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `f` until it is true or 10 s pass.
+pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}

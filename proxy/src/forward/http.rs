@@ -1,0 +1,214 @@
+//! Per-request HTTP proxying. The client's connection is served by hyper (HTTP/1 or
+//! HTTP/2, as detected); each request is balanced over the target's endpoints and
+//! sent through that endpoint's pooled hyper client, so upstream connections are
+//! reused across requests and HTTP/2 streams (gRPC included, trailers intact) are
+//! multiplexed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::ForwardContext;
+use super::connect::{Connector, Upstream};
+use crate::Error;
+use crate::accept::Drain;
+use crate::detect::Protocol;
+use crate::discovery::Endpoint;
+use crate::route::Target;
+
+/// The response body type of the proxy's HTTP service.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// Opens connections to one endpoint for one session protocol; the connector of
+/// that endpoint's pooled clients. The request URI is ignored: the endpoint is
+/// fixed, so the URI's authority stays the one the app sent.
+#[derive(Clone, Debug)]
+pub struct EndpointConnect {
+    endpoint: Endpoint,
+    connector: Connector,
+    protocol: Protocol,
+    hop: u8,
+}
+
+impl EndpointConnect {
+    /// Opens one connection.
+    pub async fn open(&self) -> Result<Upstream, Error> {
+        self.connector
+            .connect(&self.endpoint, self.protocol, self.hop)
+            .await
+    }
+}
+
+impl tower_service::Service<Uri> for EndpointConnect {
+    type Response = TokioIo<Upstream>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.open().await.map(TokioIo::new) })
+    }
+}
+
+/// What the balancer keeps per endpoint: pooled clients per HTTP version and a
+/// connector for opaque sessions.
+#[derive(Debug)]
+pub struct EndpointService {
+    h1: Client<EndpointConnect, Incoming>,
+    h2: Client<EndpointConnect, Incoming>,
+    opaque: EndpointConnect,
+}
+
+impl EndpointService {
+    /// Builds the clients for `endpoint`; `hop` is written in transport headers.
+    pub fn new(endpoint: &Endpoint, connector: &Connector, hop: u8) -> Self {
+        let connect = |protocol| EndpointConnect {
+            endpoint: endpoint.clone(),
+            connector: connector.clone(),
+            protocol,
+            hop,
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new());
+        let h1 = builder.build(connect(Protocol::Http1));
+        let h2 = builder.http2_only(true).build(connect(Protocol::Http2));
+        Self {
+            h1,
+            h2,
+            opaque: connect(Protocol::Opaque),
+        }
+    }
+
+    /// The connector for opaque sessions.
+    pub fn opaque(&self) -> &EndpointConnect {
+        &self.opaque
+    }
+}
+
+/// Serves one client connection, proxying each request to `target`.
+pub async fn serve<I>(
+    io: I,
+    protocol: Protocol,
+    target: Arc<Target>,
+    ctx: &ForwardContext,
+    mut drain: Drain,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx2 = ctx.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (target, ctx) = (target.clone(), ctx2.clone());
+        async move { Ok::<_, Infallible>(proxy_request(req, protocol, &target, &ctx).await) }
+    });
+    let io = TokioIo::new(io);
+    if protocol == Protocol::Http2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            _ = drain.signaled() => conn.as_mut().graceful_shutdown(),
+        }
+        conn.await
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            _ = drain.signaled() => conn.as_mut().graceful_shutdown(),
+        }
+        conn.await
+    }
+}
+
+async fn proxy_request(
+    mut req: Request<Incoming>,
+    protocol: Protocol,
+    target: &Target,
+    ctx: &ForwardContext,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let labels = ctx.metrics.request(ctx.direction, &target.name);
+    let Some(pick) = target.balancer.pick() else {
+        ctx.metrics.response(&labels, Some(503), start.elapsed());
+        return status(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    match absolute_uri(&req, &target.name) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(()) => return status(StatusCode::BAD_REQUEST),
+    }
+    let svc = pick.service();
+    let client = if protocol == Protocol::Http2 {
+        &svc.h2
+    } else {
+        &svc.h1
+    };
+    match client.request(req).await {
+        Ok(rsp) => {
+            pick.record();
+            ctx.metrics
+                .response(&labels, Some(rsp.status().as_u16()), start.elapsed());
+            rsp.map(|b| b.boxed())
+        }
+        Err(error) => {
+            tracing::info!(target = %target.name, endpoint = %pick.endpoint().addr, %error, "upstream request failed");
+            ctx.metrics.response(&labels, None, start.elapsed());
+            status(StatusCode::BAD_GATEWAY)
+        }
+    }
+}
+
+/// The pooled client needs an absolute URI; keep the app's authority (Host or
+/// :authority) so the upstream sees the request unchanged.
+fn absolute_uri(req: &Request<Incoming>, fallback: &str) -> Result<Uri, ()> {
+    let mut parts = req.uri().clone().into_parts();
+    if parts.authority.is_none() {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(fallback);
+        parts.authority = Some(host.parse::<Authority>().map_err(|_| ())?);
+    }
+    parts.scheme = Some(Scheme::HTTP);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).map_err(|_| ())
+}
+
+fn status(code: StatusCode) -> Response<ProxyBody> {
+    let mut rsp = Response::new(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *rsp.status_mut() = code;
+    rsp
+}

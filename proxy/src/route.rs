@@ -1,0 +1,103 @@
+//! Routing: from a target authority to a [`Target`], the balancer over that
+//! target's endpoints. Balancers are cached per target so upstream connection
+//! pools and load estimates survive across client connections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::Error;
+use crate::balance::{BalanceConfig, Balancer};
+use crate::discovery::{Discovery, Endpoint};
+use crate::forward::connect::Connector;
+use crate::forward::http::EndpointService;
+
+/// How many targets keep a cached balancer; beyond this, balancers are per use.
+const MAX_CACHED: usize = 10_000;
+
+/// A resolved target: its name and the balancer over its endpoints.
+#[derive(Debug)]
+pub struct Target {
+    /// The authority the client asked for (a metric label and log field).
+    pub name: String,
+    /// The endpoints.
+    pub balancer: Balancer<EndpointService>,
+}
+
+/// Resolves targets through discovery and builds their balancers.
+pub struct Router {
+    discovery: Arc<dyn Discovery>,
+    connector: Connector,
+    balance: BalanceConfig,
+    hop: u8,
+    cache: Mutex<HashMap<String, Arc<Target>>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("hop", &self.hop).finish()
+    }
+}
+
+impl Router {
+    /// A router whose gateway connections carry hop count `hop`.
+    pub fn new(
+        discovery: Arc<dyn Discovery>,
+        connector: Connector,
+        balance: BalanceConfig,
+        hop: u8,
+    ) -> Self {
+        Self {
+            discovery,
+            connector,
+            balance,
+            hop,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The target for `name`, or `None` if discovery does not know it.
+    pub async fn resolve(&self, name: &str) -> Result<Option<Arc<Target>>, Error> {
+        if let Some(t) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(Some(t.clone()));
+        }
+        let Some(rx) = self.discovery.resolve(name).await? else {
+            return Ok(None);
+        };
+        let target = self.target(name, rx);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() < MAX_CACHED {
+            return Ok(Some(
+                cache.entry(name.to_string()).or_insert(target).clone(),
+            ));
+        }
+        Ok(Some(target))
+    }
+
+    /// A target with a fixed endpoint list (inbound's app, outbound passthrough).
+    pub fn fixed(&self, name: &str, endpoints: Vec<Endpoint>) -> Arc<Target> {
+        let (_, rx) = watch::channel(Arc::new(endpoints));
+        self.target(name, rx)
+    }
+
+    fn target(
+        &self,
+        name: &str,
+        rx: watch::Receiver<crate::discovery::EndpointSet>,
+    ) -> Arc<Target> {
+        let connector = self.connector.clone();
+        let hop = self.hop;
+        Arc::new(Target {
+            name: name.to_string(),
+            balancer: Balancer::new(rx, self.balance, move |ep| {
+                EndpointService::new(ep, &connector, hop)
+            }),
+        })
+    }
+}
