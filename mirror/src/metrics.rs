@@ -149,7 +149,10 @@ mod tests {
         metrics.for_cluster("east").probe_failure.inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains(r#"gateway_alive{target_cluster="east"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"gateway_alive{target_cluster="east"} 1"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"probes_total{target_cluster="east",outcome="failure"} 2"#),
             "{text}"

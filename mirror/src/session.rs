@@ -9,6 +9,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use api::identity::SpiffeId;
 use api::link::{Link, LinkSpec, MirrorReason};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
@@ -66,8 +67,9 @@ pub struct Session {
     pub local: Client,
     /// Client for the target cluster.
     pub remote: Client,
-    /// TLS config for gateway probes (`None`: gateway never probed, never alive).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS config for gateway probes and the identity the gateway must prove
+    /// (`None`: gateway never probed, never alive).
+    pub tls: Option<(Arc<rustls::ClientConfig>, SpiffeId)>,
     /// Metrics for this Link's cluster.
     pub metrics: ClusterMetrics,
     /// Event recorder.
@@ -154,7 +156,7 @@ impl Session {
     }
 
     fn spawn_gateway(&self, spec: &Arc<LinkSpec>, shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
-        let Some(tls) = self.tls.clone() else {
+        let Some((tls, identity)) = self.tls.clone() else {
             if !spec.gateway_addresses.is_empty() {
                 tracing::warn!(
                     "no TLS settings for gateway probes; gateway endpoints stay not ready"
@@ -168,6 +170,7 @@ impl Session {
         let prober = match GatewayProber::new(
             spec.clone(),
             tls,
+            identity,
             self.config.resolve_interval,
             self.metrics.clone(),
         ) {

@@ -20,11 +20,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
-use mirror::controller::{Options, run};
+use mirror::controller::{Options, ProbeIdentity, run};
 use mirror::metrics::Metrics;
 use mirror::session::SessionConfig;
-use mirror::tls::ClientIdentity;
 use multicluster_tests::Harness;
+use proxy::tls::TrustBundle;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     SanType,
@@ -313,14 +313,11 @@ impl Env {
             namespace: LINK_NS.into(),
             identity: identity.into(),
             lease_duration: Duration::from_secs(3),
-            trust_roots: vec![CertificateDer::from_pem_slice(self.pki.ca_pem.as_bytes()).unwrap()],
-            client_identity: Some(
-                ClientIdentity::from_pem(
-                    self.pki.client.0.as_bytes(),
-                    self.pki.client.1.as_bytes(),
-                )
-                .unwrap(),
-            ),
+            probe_identity: Some(ProbeIdentity {
+                chain_pem: self.pki.client.0.clone().into_bytes(),
+                key_pem: self.pki.client.1.clone().into_bytes(),
+                bundles: vec![TrustBundle::from_pem(None, self.pki.ca_pem.as_bytes()).unwrap()],
+            }),
             session: SessionConfig {
                 concurrency: 16,
                 resync_interval: Duration::from_secs(5),
