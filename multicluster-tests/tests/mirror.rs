@@ -233,6 +233,17 @@ impl Env {
         env
     }
 
+    /// Started, with `namespace` on both sides, credentials and the Link in place.
+    async fn linked(namespace: &str) -> Self {
+        let env = Self::start().await;
+        for c in [&env.east(), &env.west()] {
+            create_namespace(c, namespace).await;
+        }
+        env.put_valid_secret().await;
+        env.put_link("east").await;
+        env
+    }
+
     fn east(&self) -> Client {
         self.harness.cluster("east").client()
     }
@@ -402,43 +413,38 @@ fn remote_slice(service: &str, endpoints: &[(&str, bool, Option<&str>)]) -> Endp
     .unwrap()
 }
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K)
-where
+/// A namespaced Kubernetes object the helpers below can read, write and delete.
+trait Namespaced:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::Serialize
         + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+        + std::fmt::Debug
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap();
-    api.patch(
-        &name,
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .unwrap();
 }
 
-async fn delete<K>(client: &Client, ns: &str, name: &str)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn apply<K: Namespaced>(client: &Client, ns: &str, obj: &K) {
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap();
+    let params = PatchParams::apply("test").force();
+    api.patch(&name, &params, &Patch::Apply(obj)).await.unwrap();
+}
+
+async fn delete<K: Namespaced>(client: &Client, ns: &str, name: &str) {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     api.delete(name, &DeleteParams::default()).await.unwrap();
 }
 
-async fn get<K>(client: &Client, ns: &str, name: &str) -> Option<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn get<K: Namespaced>(client: &Client, ns: &str, name: &str) -> Option<K> {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     api.get_opt(name).await.ok().flatten()
 }
@@ -519,13 +525,8 @@ async fn until_present(west: &Client, ns: &str, name: &str) -> Service {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_update_unexport_delete_and_link_delete() {
-    let env = Env::start().await;
+    let env = Env::linked("shop").await;
     let (east, west) = (env.east(), env.west());
-    for c in [&east, &west] {
-        create_namespace(c, "shop").await;
-    }
-    env.put_valid_secret().await;
-    env.put_link("east").await;
     let _controller = env.controller("replica-a");
 
     // Export: ports, labels minus exclusions, identity and gateway endpoints.
@@ -636,13 +637,8 @@ async fn export_update_unexport_delete_and_link_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_way_leaves_no_duplicates_and_no_orphans() {
-    let env = Env::start().await;
+    let env = Env::linked("shop").await;
     let (east, west) = (env.east(), env.west());
-    for c in [&east, &west] {
-        create_namespace(c, "shop").await;
-    }
-    env.put_valid_secret().await;
-    env.put_link("east").await;
     for name in ["books", "maps"] {
         apply(&east, "shop", &exported_service(name, "true", &[])).await;
         apply(
@@ -685,13 +681,8 @@ async fn restart_mid_way_leaves_no_duplicates_and_no_orphans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_outage_keeps_mirrors_and_flips_readiness() {
-    let env = Env::start().await;
+    let env = Env::linked("shop").await;
     let (east, west) = (env.east(), env.west());
-    for c in [&east, &west] {
-        create_namespace(c, "shop").await;
-    }
-    env.put_valid_secret().await;
-    env.put_link("east").await;
     apply(&east, "shop", &exported_service("books", "true", &[])).await;
     apply(
         &east,
@@ -740,14 +731,9 @@ async fn remote_outage_keeps_mirrors_and_flips_readiness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_flat_missing_namespace_and_invalid_names() {
-    let env = Env::start().await;
+    let env = Env::linked("db").await;
     let (east, west) = (env.east(), env.west());
-    for c in [&east, &west] {
-        create_namespace(c, "db").await;
-    }
     create_namespace(&east, "late").await;
-    env.put_valid_secret().await;
-    env.put_link("east").await;
     let _controller = env.controller("replica-a");
 
     // Headless StatefulSet-style service: one endpoint per hostname.
