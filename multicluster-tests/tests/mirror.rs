@@ -873,3 +873,95 @@ async fn malformed_link_and_secret_are_reported_without_crashing() {
     env.status_until("reachable", |s| s.remote_reachable == Some(true))
         .await;
 }
+
+/// Scale and propagation numbers (docs/benchmarks.md). Runs 100 services and 20
+/// changes by default; `MESHLINK_MIRROR_BENCH=1` runs the benchmark's 1,000 and 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_services_are_mirrored_and_changes_propagate() {
+    use futures::{StreamExt, TryStreamExt};
+    let bench = std::env::var_os("MESHLINK_MIRROR_BENCH").is_some();
+    let (services, changes) = if bench { (1000, 200) } else { (100, 20) };
+    let env = Env::linked("bulk").await;
+    let (east, west) = (env.east(), env.west());
+    futures::stream::iter(0..services)
+        .for_each_concurrent(16, |i| {
+            let east = east.clone();
+            async move {
+                let name = format!("svc-{i}");
+                apply(&east, "bulk", &exported_service(&name, "true", &[])).await;
+                apply(
+                    &east,
+                    "bulk",
+                    &remote_slice(&name, &[("10.1.0.5", true, None)]),
+                )
+                .await;
+            }
+        })
+        .await;
+
+    let started = tokio::time::Instant::now();
+    let _controller = env.controller("replica-a");
+    let slices: Api<EndpointSlice> = Api::namespaced(west.clone(), "bulk");
+    let params = ListParams::default().labels(MIRROR_LABELS);
+    eventually("every service mirrored and ready", || {
+        let (slices, params) = (slices.clone(), params.clone());
+        async move {
+            let list = slices.list(&params).await.ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|s| ready_of(s) == [Some(true)])
+                .count();
+            (ready == services).then_some(())
+        }
+    })
+    .await;
+    let all_mirrored = started.elapsed();
+
+    // Flip one remote endpoint's readiness and time until the mirror follows.
+    let watched = kube::runtime::watcher(
+        slices.clone(),
+        kube::runtime::watcher::Config::default().labels("kubernetes.io/service-name=svc-0-east"),
+    );
+    let mut watched = watched
+        .try_filter_map(|e| async move {
+            Ok(match e {
+                kube::runtime::watcher::Event::Apply(s) => Some(ready_of(&s)),
+                _ => None,
+            })
+        })
+        .boxed();
+    let mut latencies = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let ready = i % 2 == 1;
+        let t0 = tokio::time::Instant::now();
+        apply(
+            &east,
+            "bulk",
+            &remote_slice("svc-0", &[("10.1.0.5", ready, None)]),
+        )
+        .await;
+        loop {
+            let seen = tokio::time::timeout(DEADLINE, watched.next())
+                .await
+                .unwrap();
+            if seen.unwrap().unwrap() == [Some(ready)] {
+                break;
+            }
+        }
+        latencies.push(t0.elapsed());
+    }
+    latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?");
+    eprintln!(
+        "mirror bench: {services} services mirrored in {all_mirrored:?}; {changes} changes p50 {:?} p99 {:?}; test process {hwm}",
+        pct(50),
+        pct(99)
+    );
+    assert!(all_mirrored < Duration::from_secs(30), "{all_mirrored:?}");
+}
