@@ -23,7 +23,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::gateway::{GatewayProber, GatewayReport};
@@ -138,11 +138,12 @@ impl Session {
         tracing::debug!("initial lists done; mirroring");
         let link_ref = self.link.object_ref(&());
         let writer = Writer::new(self.local.clone(), cluster, local_slices.clone());
+        let (events, events_rx) = mpsc::channel(1024);
+        tasks.spawn(publish_events(self.recorder.clone(), link_ref, events_rx));
         let ctx = WriteContext {
             writer,
             shared: shared.clone(),
-            recorder: self.recorder.clone(),
-            link_ref,
+            events,
             metrics: self.metrics.clone(),
         };
         let mut resync = tokio::time::interval(self.config.resync_interval);
@@ -382,8 +383,7 @@ async fn status_loop(client: Client, link: Arc<Link>, shared: Arc<Shared>) {
 struct WriteContext {
     writer: Writer,
     shared: Arc<Shared>,
-    recorder: Recorder,
-    link_ref: ObjectReference,
+    events: mpsc::Sender<KubeEvent>,
     metrics: ClusterMetrics,
 }
 
@@ -497,11 +497,13 @@ impl WriteContext {
             before != outcome.as_ref().map(|o| o.0)
         };
         if changed {
-            self.publish(key, outcome.as_ref()).await;
+            self.publish(key, outcome.as_ref());
         }
     }
 
-    async fn publish(&self, key: &ServiceKey, outcome: Option<&(MirrorReason, String, String)>) {
+    /// Queues an Event for the publisher task. Events are best effort: when the
+    /// queue is full the Event is dropped rather than slowing mirroring down.
+    fn publish(&self, key: &ServiceKey, outcome: Option<&(MirrorReason, String, String)>) {
         let (type_, reason, note) = match outcome {
             None => (
                 EventType::Normal,
@@ -522,7 +524,20 @@ impl WriteContext {
             action: "Mirror".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &self.link_ref).await {
+        if self.events.try_send(event).is_err() {
+            tracing::debug!("event queue full; event dropped");
+        }
+    }
+}
+
+/// Publishes queued Events one at a time, off the write path.
+async fn publish_events(
+    recorder: Recorder,
+    link_ref: ObjectReference,
+    mut rx: mpsc::Receiver<KubeEvent>,
+) {
+    while let Some(event) = rx.recv().await {
+        if let Err(e) = recorder.publish(&event, &link_ref).await {
             tracing::debug!(error = %e, "cannot publish event");
         }
     }

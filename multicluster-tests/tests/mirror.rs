@@ -888,7 +888,11 @@ async fn many_services_are_mirrored_and_changes_propagate() {
             let east = east.clone();
             async move {
                 let name = format!("svc-{i}");
-                apply(&east, "bulk", &exported_service(&name, "true", &[])).await;
+                // Headless on both sides: the harness's /24 service range holds
+                // only ~250 cluster IPs.
+                let mut svc = exported_service(&name, "true", &[]);
+                svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+                apply(&east, "bulk", &svc).await;
                 apply(
                     &east,
                     "bulk",
@@ -926,7 +930,8 @@ async fn many_services_are_mirrored_and_changes_propagate() {
     let mut watched = watched
         .try_filter_map(|e| async move {
             Ok(match e {
-                kube::runtime::watcher::Event::Apply(s) => Some(ready_of(&s)),
+                kube::runtime::watcher::Event::Apply(s)
+                | kube::runtime::watcher::Event::InitApply(s) => Some(ready_of(&s)),
                 _ => None,
             })
         })
@@ -944,7 +949,7 @@ async fn many_services_are_mirrored_and_changes_propagate() {
         loop {
             let seen = tokio::time::timeout(DEADLINE, watched.next())
                 .await
-                .unwrap();
+                .unwrap_or_else(|_| panic!("change {i} not mirrored"));
             if seen.unwrap().unwrap() == [Some(ready)] {
                 break;
             }
