@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use api::labels;
+use api::link::MirrorReason;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -58,7 +59,12 @@ impl Writer {
                 }
                 self.apply_mirror(key, objects, previous).await
             }
-            // Nothing can exist in a missing namespace; an invalid name was never written.
+            // A service that became unmirrorable (e.g. turned ExternalName) must
+            // lose the mirror it had; nothing can exist in a missing namespace.
+            Desired::Skipped {
+                reason: MirrorReason::InvalidService,
+                ..
+            } => self.delete_mirror(key).await,
             Desired::Skipped { .. } => Ok(()),
             Desired::Absent => self.delete_mirror(key).await,
         }
