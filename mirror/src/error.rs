@@ -61,8 +61,9 @@ impl Error {
     pub fn condition_reason(&self) -> &'static str {
         match self {
             Self::InvalidLink { .. } => "InvalidLink",
-            Self::InvalidCredentials { .. } | Self::Kubeconfig { .. } => "InvalidCredentials",
-            Self::Client(_) => "InvalidCredentials",
+            Self::InvalidCredentials { .. } | Self::Kubeconfig { .. } | Self::Client(_) => {
+                "InvalidCredentials"
+            }
             _ => "Error",
         }
     }
