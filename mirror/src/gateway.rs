@@ -230,6 +230,72 @@ mod tests {
         assert!(l.record(true, 3), "one pass revives it");
     }
 
+    /// A one-shot mTLS server answering `status` to every request.
+    async fn gateway(status: &'static str) -> (SocketAddr, Arc<ClientConfig>) {
+        use proxy::pki::{Ca, Validity};
+        use proxy::tls::{Credentials, TrustBundle};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca = Ca::root("test root", Validity::days(1)).unwrap();
+        let creds = |id: &str| {
+            let leaf = ca
+                .issue(&SpiffeId::parse(id).unwrap(), &[], Validity::days(1))
+                .unwrap();
+            let bundle = TrustBundle::from_pem(None, ca.root_pem().as_bytes()).unwrap();
+            Credentials::from_pem(
+                leaf.chain_pem.as_bytes(),
+                leaf.key_pem.as_bytes(),
+                vec![bundle],
+            )
+            .unwrap()
+        };
+        let server = creds("spiffe://east.example/ns/meshlink/sa/gateway");
+        let client = creds("spiffe://west.example/ns/meshlink/sa/mirror");
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config(&[]).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 1024];
+                    let _ = tls.read(&mut buf).await;
+                    let rsp = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                    let _ = tls.write_all(rsp.as_bytes()).await;
+                });
+            }
+        });
+        (addr, client.client_config(&[]).unwrap())
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn probe_passes_over_mtls_with_the_expected_identity() {
+        let (addr, tls) = gateway("200 OK").await;
+        let id = SpiffeId::parse("spiffe://east.example/ns/meshlink/sa/gateway").unwrap();
+        probe_once(tls, &id, addr, "/ready", TIMEOUT).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn probe_fails_on_wrong_identity_or_unhealthy_answer() {
+        let (addr, tls) = gateway("200 OK").await;
+        let other = SpiffeId::parse("spiffe://east.example/ns/meshlink/sa/impostor").unwrap();
+        let err = probe_once(tls, &other, addr, "/ready", TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
+
+        let (addr, tls) = gateway("503 Service Unavailable").await;
+        let id = SpiffeId::parse("spiffe://east.example/ns/meshlink/sa/gateway").unwrap();
+        let err = probe_once(tls, &id, addr, "/ready", TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("503"), "{err}");
+    }
+
     #[test]
     fn jitter_stays_within_bounds() {
         for _ in 0..100 {
