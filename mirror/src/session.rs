@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
@@ -201,7 +201,11 @@ impl Session {
 }
 
 /// Marks dirty every local mirror with no exported remote counterpart.
-fn collect_orphans(shared: &Shared, services: &Store<Service>, slices: &Store<EndpointSlice>) {
+fn collect_orphans(
+    shared: &Shared,
+    services: &Store<PartialObjectMeta<Service>>,
+    slices: &Store<PartialObjectMeta<EndpointSlice>>,
+) {
     let local: Vec<ServiceKey> = services
         .state()
         .iter()
@@ -224,15 +228,20 @@ fn collect_orphans(shared: &Shared, services: &Store<Service>, slices: &Store<En
     }
 }
 
-/// A reflector of this Link's local mirror objects, driven by a task.
-fn local_store<K>(client: &Client, cluster: &str, tasks: &mut JoinSet<()>) -> Store<K>
+/// A metadata-only reflector of this Link's local mirror objects (names and
+/// labels are all orphan collection needs), driven by a task.
+fn local_store<K>(
+    client: &Client,
+    cluster: &str,
+    tasks: &mut JoinSet<()>,
+) -> Store<PartialObjectMeta<K>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default().labels(&cluster_selector(cluster));
-    let stream = reflector::reflector(writer, watch_stream(Api::<K>::all(client.clone()), config))
-        .default_backoff();
+    let watch = watch_stream(Api::<PartialObjectMeta<K>>::all(client.clone()), config);
+    let stream = reflector::reflector(writer, watch).default_backoff();
     tasks.spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {

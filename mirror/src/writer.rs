@@ -10,7 +10,7 @@ use api::link::MirrorReason;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
@@ -27,12 +27,16 @@ pub struct Writer {
     client: Client,
     cluster: String,
     /// Local mirror slices of this Link, to find stale ones without a list call.
-    local_slices: Store<EndpointSlice>,
+    local_slices: Store<PartialObjectMeta<EndpointSlice>>,
 }
 
 impl Writer {
     /// A writer for mirrors of `cluster`.
-    pub fn new(client: Client, cluster: String, local_slices: Store<EndpointSlice>) -> Self {
+    pub fn new(
+        client: Client,
+        cluster: String,
+        local_slices: Store<PartialObjectMeta<EndpointSlice>>,
+    ) -> Self {
         Self {
             client,
             cluster,

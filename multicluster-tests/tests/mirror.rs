@@ -339,6 +339,25 @@ impl Env {
         Controller { task, _stop: tx }
     }
 
+    /// Runs the built `mirror` binary instead of the library task; it is
+    /// killed when the returned child is dropped.
+    fn controller_binary(&self, bin: &str, dir: &std::path::Path) -> tokio::process::Child {
+        std::fs::write(dir.join("tls.crt"), &self.pki.client.0).unwrap();
+        std::fs::write(dir.join("tls.key"), &self.pki.client.1).unwrap();
+        std::fs::write(dir.join("ca.crt"), &self.pki.ca_pem).unwrap();
+        let kubeconfig = self.harness.cluster("west").kubeconfig_path();
+        tokio::process::Command::new(bin)
+            .args(["--link", "east", "-n", LINK_NS, "--identity", "binary"])
+            .arg("--admin-addr=127.0.0.1:0")
+            .arg("--identity-dir")
+            .arg(dir)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
     async fn link_status(&self) -> Option<LinkStatus> {
         let links: Api<Link> = Api::namespaced(self.west(), LINK_NS);
         links.get_opt("east").await.ok().flatten()?.status
@@ -903,8 +922,15 @@ async fn many_services_are_mirrored_and_changes_propagate() {
         })
         .await;
 
+    // MESHLINK_MIRROR_BIN=<path to the built `mirror`> runs the real binary
+    // (as a separate process, so its peak RSS can be read).
+    let bin = std::env::var("MESHLINK_MIRROR_BIN").ok();
+    let dir = tempfile::tempdir().unwrap();
     let started = tokio::time::Instant::now();
-    let _controller = env.controller("replica-a");
+    let (_controller, child) = match &bin {
+        Some(bin) => (None, Some(env.controller_binary(bin, dir.path()))),
+        None => (Some(env.controller("replica-a")), None),
+    };
     let slices: Api<EndpointSlice> = Api::namespaced(west.clone(), "bulk");
     let params = ListParams::default().labels(MIRROR_LABELS);
     eventually("every service mirrored and ready", || {
@@ -958,13 +984,17 @@ async fn many_services_are_mirrored_and_changes_propagate() {
     }
     latencies.sort();
     let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let pid = child.as_ref().and_then(|c| c.id());
+    let proc_status = pid.map_or("/proc/self/status".to_string(), |p| {
+        format!("/proc/{p}/status")
+    });
+    let status = std::fs::read_to_string(&proc_status).unwrap();
     let hwm = status
         .lines()
         .find(|l| l.starts_with("VmHWM"))
         .unwrap_or("VmHWM: ?");
     eprintln!(
-        "mirror bench: {services} services mirrored in {all_mirrored:?}; {changes} changes p50 {:?} p99 {:?}; test process {hwm}",
+        "mirror bench: {services} services mirrored in {all_mirrored:?}; {changes} changes p50 {:?} p99 {:?}; {proc_status} {hwm}",
         pct(50),
         pct(99)
     );
