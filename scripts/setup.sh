@@ -7,10 +7,13 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export MESHLINK_CACHE=${MESHLINK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshlink}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$MESHLINK_CACHE/target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# CI builds once per run: incremental state would only cost disk.
+[ "${CI:-}" = true ] && export CARGO_INCREMENTAL=0
 
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}" >&2
   apt-get update -qq >&2
@@ -21,6 +24,6 @@ for tool in cargo go; do
 done
 
 echo "==> Kubernetes binaries (built from Go modules once, then cached)" >&2
-MESHLINK_BIN_DIR=$("$repo/multicluster-tests/go/build.sh")
-export MESHLINK_BIN_DIR
-echo "    $MESHLINK_BIN_DIR" >&2
+MESHLINK_K8S_BIN=$("$repo/multicluster-tests/go/build.sh")
+export MESHLINK_K8S_BIN
+echo "    $MESHLINK_K8S_BIN" >&2

@@ -12,9 +12,19 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test" >&2
 cargo test --workspace --locked --no-fail-fast
 
-leftover=$(ip netns list 2>/dev/null | grep -c '^ml-' || true)
+# Bounded fuzzing of the wire parsers (transport header, protocol detection).
+# cargo-fuzz needs a nightly toolchain; this machine kind ships one.
+if cargo +nightly --version >/dev/null 2>&1; then
+  command -v cargo-fuzz >/dev/null || cargo +nightly install cargo-fuzz --locked -q
+  echo "==> fuzzing each target for ${FUZZ_SECONDS:=30} s" >&2
+  CARGO_TARGET_DIR=$MESHLINK_CACHE/target-fuzz FUZZ_SECONDS=$FUZZ_SECONDS bash fuzz/run.sh
+else
+  echo "==> fuzzing skipped: no nightly toolchain (cargo +nightly)" >&2
+fi
+
+leftover=$(ip netns list 2>/dev/null | grep -c '^mlh[0-9]' || true)
 if [ "$leftover" != 0 ]; then
   echo "error: $leftover harness network namespace(s) left behind:" >&2
-  ip netns list | grep '^ml-' >&2
+  ip netns list | grep '^mlh[0-9]' >&2
   exit 1
 fi

@@ -37,9 +37,10 @@ pub const MIRRORED: &str = "mirror.meshlink.io/mirrored";
 /// remote Service. An annotation, not a label, because it can exceed 63 chars.
 pub const REMOTE_SVC_FQ_NAME: &str = "mirror.meshlink.io/remote-svc-fq-name";
 
-/// Annotation on a gateway-mode mirror EndpointSlice: the SPIFFE identity the
-/// proxy must see on the gateway's certificate.
-pub const GATEWAY_IDENTITY: &str = "mirror.meshlink.io/gateway-identity";
+/// Annotation on an EndpointSlice: the SPIFFE ID its endpoints present, which
+/// proxies require of the peer. On a gateway-mode mirror slice it is the remote
+/// gateway's identity.
+pub const ENDPOINT_IDENTITY: &str = "identity.meshlink.io/spiffe-id";
 
 /// Annotation on a mirror Service: the remote Service's resourceVersion last mirrored.
 pub const REMOTE_RESOURCE_VERSION: &str = "mirror.meshlink.io/remote-resource-version";

@@ -8,48 +8,34 @@
 //! ([`proxy::route::Router`]) → forward. No protocol detection: the header names
 //! the session protocol.
 
-use std::collections::HashSet;
+pub mod config;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::transport_header::TargetName;
+use api::transport_header::TransportHeader;
 use proxy::accept::{self, AcceptConfig, Drain};
 use proxy::forward::{self, ForwardContext};
-use proxy::header::{self, TransportTarget};
-use proxy::metrics::{Direction, Metrics};
-use proxy::route::Router;
+use proxy::header::{ALPN, authority_of, protocol_of};
+use proxy::inbound::accept_tls;
+use proxy::metrics::{Direction, Listener, Metrics};
+use proxy::route::{Router, Target};
+use proxy::tls::{Policy, TlsConfigs, read_header};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 /// The highest hop count accepted: one gateway crossing. More means a loop.
 pub const MAX_HOPS: u8 = 1;
-
-/// Which peer identities may use the gateway.
-#[derive(Clone, Debug, Default)]
-pub enum Policy {
-    /// Any identity whose chain verifies against a trusted bundle.
-    #[default]
-    AnyTrusted,
-    /// Only these SPIFFE IDs.
-    Allow(HashSet<String>),
-}
-
-impl Policy {
-    fn allows(&self, peer: Option<&str>) -> bool {
-        match self {
-            Policy::AnyTrusted => true,
-            Policy::Allow(ids) => peer.is_some_and(|p| ids.contains(p)),
-        }
-    }
-}
 
 /// Static settings of the gateway.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     /// The local cluster domain; targets must be under `svc.<domain>`.
     pub cluster_domain: String,
-    /// Who may connect.
+    /// Which peer identities may connect (default: any from a trusted bundle).
     pub policy: Policy,
     /// The TLS handshake must finish within this.
     pub handshake_timeout: Duration,
@@ -67,7 +53,6 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     NoAlpn,
-    Forbidden,
     OutsideDomain,
     HopLimit,
     UnknownTarget,
@@ -77,7 +62,6 @@ impl Refusal {
     fn reason(self) -> &'static str {
         match self {
             Refusal::NoAlpn => "no_transport_alpn",
-            Refusal::Forbidden => "forbidden_identity",
             Refusal::OutsideDomain => "outside_cluster_domain",
             Refusal::HopLimit => "hop_limit",
             Refusal::UnknownTarget => "unknown_target",
@@ -89,24 +73,24 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Gateway {
     config: GatewayConfig,
-    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+    tls: watch::Receiver<Arc<TlsConfigs>>,
     router: Arc<Router>,
     ctx: ForwardContext,
 }
 
 impl Gateway {
-    /// Builds the gateway. `tls` must offer the transport-header ALPN and require
-    /// client certificates; `router` resolves local targets (its hop count is the
+    /// Builds the gateway. `tls`'s server config must offer the transport-header
+    /// ALPN ([`ALPN`]); `router` resolves local targets (its hop count is the
     /// one written if a target is itself behind another gateway).
     pub fn new(
         config: GatewayConfig,
-        tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+        tls: watch::Receiver<Arc<TlsConfigs>>,
         router: Arc<Router>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let ctx = ForwardContext {
             metrics,
-            direction: Direction::Gateway,
+            listener: Listener::Gateway,
             idle_timeout: config.idle_timeout,
             buffer_size: config.buffer_size,
         };
@@ -131,70 +115,51 @@ impl Gateway {
 
     async fn connection(&self, stream: TcpStream, drain: Drain) {
         let metrics = &self.ctx.metrics;
-        metrics.tcp_open(Direction::Gateway);
-        let config = self.tls.borrow().clone();
-        let timeout = self.config.handshake_timeout;
-        let Some(mut tls) =
-            proxy::inbound::accept_tls(stream, config, timeout, metrics, Direction::Gateway).await
+        metrics.tcp_open(Listener::Gateway);
+        let (policy, timeout) = (&self.config.policy, self.config.handshake_timeout);
+        let Some((mut tls, peer)) = accept_tls(stream, &self.tls, policy, timeout, metrics).await
         else {
-            metrics.tcp_close(Direction::Gateway, 0, 0);
+            metrics.tcp_close(Listener::Gateway, 0, 0);
             return;
         };
-        let peer = peer_identity(&tls);
-        let Some(header) = self.read_header(&mut tls, peer.as_deref()).await else {
-            metrics.tcp_close(Direction::Gateway, 0, 0);
-            return;
+        let deadline = Instant::now() + self.config.header_timeout;
+        let header = match read_header(&mut tls, deadline).await {
+            Ok(header) => header,
+            Err(error) => {
+                tracing::info!(%peer, reason = error.reason(), %error, "bad transport header");
+                metrics.tls.header_failed(Direction::Inbound, &error);
+                metrics.tcp_close(Listener::Gateway, 0, 0);
+                return;
+            }
         };
-        match self.authorize(&tls, peer.as_deref(), &header).await {
-            Ok(target) => forward::forward(tls, header.protocol, target, &self.ctx, drain).await,
+        match self.authorize(&tls, &header).await {
+            Ok(target) => {
+                forward::forward(tls, protocol_of(&header), target, &self.ctx, drain).await
+            }
             Err(refusal) => {
-                tracing::info!(peer = ?peer, target = %header.name, reason = refusal.reason(), "refused");
-                metrics.refusal(Direction::Gateway, refusal.reason(), peer.as_deref());
-                metrics.tcp_close(Direction::Gateway, 0, 0);
+                tracing::info!(%peer, target = %header.name, reason = refusal.reason(), "refused");
+                metrics.refusal(Listener::Gateway, refusal.reason(), Some(peer.as_str()));
+                metrics.tcp_close(Listener::Gateway, 0, 0);
             }
         }
     }
 
-    async fn read_header(
-        &self,
-        tls: &mut TlsStream<TcpStream>,
-        peer: Option<&str>,
-    ) -> Option<TransportTarget> {
-        let metrics = &self.ctx.metrics;
-        match tokio::time::timeout(self.config.header_timeout, header::read(tls)).await {
-            Ok(Ok(h)) => Some(h),
-            Ok(Err(error)) => {
-                tracing::info!(?peer, %error, "bad transport header");
-                metrics.header_error(Direction::Gateway, error.reason(), peer);
-                None
-            }
-            Err(_) => {
-                tracing::info!(?peer, "transport header timed out");
-                metrics.header_error(Direction::Gateway, "timeout", peer);
-                None
-            }
-        }
-    }
-
+    /// The checks after identity: ALPN, cluster domain, hop count, a known target.
     async fn authorize(
         &self,
         tls: &TlsStream<TcpStream>,
-        peer: Option<&str>,
-        header: &TransportTarget,
-    ) -> Result<Arc<proxy::route::Target>, Refusal> {
-        if tls.get_ref().1.alpn_protocol() != Some(header::ALPN) {
+        header: &TransportHeader,
+    ) -> Result<Arc<Target>, Refusal> {
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
             return Err(Refusal::NoAlpn);
-        }
-        if !self.config.policy.allows(peer) {
-            return Err(Refusal::Forbidden);
         }
         if !within_cluster(&header.name, &self.config.cluster_domain) {
             return Err(Refusal::OutsideDomain);
         }
-        if header.hop > MAX_HOPS {
+        if header.hops > MAX_HOPS {
             return Err(Refusal::HopLimit);
         }
-        match self.router.resolve(&header.authority()).await {
+        match self.router.resolve(&authority_of(header)).await {
             Ok(Some(target)) => Ok(target),
             Ok(None) => Err(Refusal::UnknownTarget),
             Err(error) => {
@@ -212,13 +177,8 @@ pub fn within_cluster(name: &TargetName, cluster_domain: &str) -> bool {
     name.as_str() != domain && name.is_within(&domain)
 }
 
-/// The peer's SPIFFE ID. INTERIM: replaced by the identity module's extractor on
-/// merge; until then policy can only be `AnyTrusted`.
-fn peer_identity(_tls: &TlsStream<TcpStream>) -> Option<String> {
-    None
-}
-
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 
@@ -230,14 +190,5 @@ mod tests {
         assert!(!within("xsvc.cluster.local"));
         assert!(!within("svc.cluster.local"));
         assert!(!within("10.0.0.1"));
-    }
-
-    #[test]
-    fn allow_policy_needs_a_listed_identity() {
-        let p = Policy::Allow(["spiffe://west/ns/a/sa/web".to_string()].into());
-        assert!(p.allows(Some("spiffe://west/ns/a/sa/web")));
-        assert!(!p.allows(Some("spiffe://west/ns/a/sa/other")));
-        assert!(!p.allows(None));
-        assert!(Policy::AnyTrusted.allows(None));
     }
 }

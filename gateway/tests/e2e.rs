@@ -2,6 +2,8 @@
 //! proxy → app, over real sockets and real mutual TLS, for every session protocol;
 //! and the gateway's refusals, each counted by the right metric.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;
@@ -11,8 +13,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use proxy::forward::connect::ClientTls;
-use rustls_pki_types::ServerName;
+use std::time::Duration;
+
+use api::identity::SpiffeId;
+use proxy::pki::Validity;
+use proxy::tls::{IdPattern, Policy, TlsConfigs};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,7 +53,7 @@ async fn http1_crosses_the_gateway() {
     assert_eq!(
         sample(
             &mesh.gateway_registry,
-            r#"responses_total{direction="Gateway",target="books.shop.svc.cluster.local:8080",status="2xx"}"#
+            r#"responses_total{listener="Gateway",target="books.shop.svc.cluster.local:8080",status="2xx"}"#
         ),
         1.0
     );
@@ -136,29 +141,53 @@ async fn server_speaks_first_crosses_the_gateway() {
     assert_eq!(&echo, b"QUIT\r\n");
 }
 
-/// Opens TLS to the gateway as a west workload and writes `bytes`; returns
-/// whether the gateway closed the connection without sending anything.
-async fn send_raw(mesh: &Mesh, bytes: &[u8]) -> bool {
-    let tls = mesh.pki.client(WEB_ID);
-    let config = tls.config(GATEWAY_ID, Some(proxy::header::ALPN)).unwrap();
+/// Opens mTLS to the gateway with `configs` and writes `bytes` then a request;
+/// returns whether the gateway closed without answering.
+async fn send_raw_as(mesh: &Mesh, configs: Arc<TlsConfigs>, bytes: &[u8]) -> bool {
     let tcp = TcpStream::connect(mesh.gateway).await.unwrap();
-    let name = ServerName::IpAddress(mesh.gateway.ip().into());
-    let mut s = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    s.write_all(bytes).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let gateway_id = SpiffeId::parse(GATEWAY_ID).unwrap();
+    let Ok((mut s, _)) = proxy::tls::connect(
+        configs.client.clone(),
+        tcp,
+        &gateway_id,
+        Duration::from_secs(5),
+    )
+    .await
+    else {
+        return true;
+    };
+    // TLS 1.3: the client finishes first, so a refusal of our certificate shows
+    // up on the first read or write.
+    let _ = s.write_all(bytes).await;
+    let _ = s
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
     let mut buf = Vec::new();
     matches!(s.read_to_end(&mut buf).await, Ok(0) | Err(_)) && buf.is_empty()
 }
 
+async fn send_raw(mesh: &Mesh, bytes: &[u8]) -> bool {
+    send_raw_as(
+        mesh,
+        mesh.pki.configs_from(WEB_ID, Validity::days(1), &mesh.pki),
+        bytes,
+    )
+    .await
+}
+
 fn header(authority: &str, hop: u8) -> Vec<u8> {
-    proxy::header::TransportTarget::new(authority, proxy::detect::Protocol::Http1, hop)
-        .unwrap()
-        .encode()
+    let h = proxy::header::header_for(authority, proxy::detect::Protocol::Http1, hop).unwrap();
+    let mut out = Vec::new();
+    h.encode(&mut out);
+    out
+}
+
+async fn assert_counted(mesh: &Mesh, metric: &str, before: f64) {
+    assert!(
+        eventually(|| sample(&mesh.gateway_registry, metric) == before + 1.0).await,
+        "{metric} not incremented:\n{}",
+        scrape(&mesh.gateway_registry)
+    );
 }
 
 async fn assert_refused(mesh: &Mesh, bytes: &[u8], metric: &str) {
@@ -167,17 +196,13 @@ async fn assert_refused(mesh: &Mesh, bytes: &[u8], metric: &str) {
         send_raw(mesh, bytes).await,
         "gateway answered instead of refusing"
     );
-    assert!(
-        eventually(|| sample(&mesh.gateway_registry, metric) == before + 1.0).await,
-        "{metric} not incremented:\n{}",
-        scrape(&mesh.gateway_registry)
-    );
+    assert_counted(mesh, metric, before).await;
 }
 
 #[tokio::test]
 async fn gateway_refuses_target_outside_cluster_domain() {
     let mesh = Mesh::start(http_app().await).await;
-    let metric = r#"refused_total{direction="Gateway",reason="outside_cluster_domain""#;
+    let metric = r#"refused_total{listener="Gateway",reason="outside_cluster_domain""#;
     assert_refused(
         &mesh,
         &header("books.shop.svc.other.example:8080", 1),
@@ -190,89 +215,67 @@ async fn gateway_refuses_target_outside_cluster_domain() {
 #[tokio::test]
 async fn gateway_refuses_looping_request() {
     let mesh = Mesh::start(http_app().await).await;
-    let metric = r#"refused_total{direction="Gateway",reason="hop_limit""#;
+    let metric = r#"refused_total{listener="Gateway",reason="hop_limit""#;
     assert_refused(&mesh, &header(TARGET, 2), metric).await;
+    // Hop 1 (one crossing) is fine.
+    assert!(!send_raw(&mesh, &header(TARGET, 1)).await);
 }
 
 #[tokio::test]
 async fn gateway_refuses_garbage_header() {
     let mesh = Mesh::start(http_app().await).await;
-    let metric = r#"header_errors_total{direction="Gateway",reason="bad_magic""#;
+    let metric = r#"transport_header_errors_total{direction="inbound",reason="bad_magic"}"#;
     assert_refused(&mesh, b"GARBAGE!", metric).await;
 }
 
 #[tokio::test]
 async fn gateway_refuses_unknown_target() {
     let mesh = Mesh::start(http_app().await).await;
-    let metric = r#"refused_total{direction="Gateway",reason="unknown_target""#;
+    let metric = r#"refused_total{listener="Gateway",reason="unknown_target""#;
     assert_refused(&mesh, &header("nope.shop.svc.cluster.local:80", 1), metric).await;
 }
 
-#[tokio::test]
-async fn gateway_refuses_client_without_certificate() {
-    let mesh = Mesh::start(http_app().await).await;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates({
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(mesh.pki.root.clone()).unwrap();
-        roots
-    })
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(mesh.gateway).await.unwrap();
-    let name = ServerName::IpAddress(mesh.gateway.ip().into());
-    // TLS 1.3: the client finishes first; the server's refusal shows on read.
-    if let Ok(mut s) = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-    {
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf).await;
-        assert!(buf.is_empty());
-    }
-    let metric = r#"tls_handshake_failures_total{direction="Gateway",reason="no_client_cert""#;
-    assert!(
-        eventually(|| sample(&mesh.gateway_registry, metric) == 1.0).await,
-        "{}",
-        scrape(&mesh.gateway_registry)
-    );
-}
+const HANDSHAKE: &str = r#"tls_handshake_failures_total{direction="inbound",reason="#;
 
 #[tokio::test]
 async fn gateway_refuses_untrusted_root() {
     let mesh = Mesh::start(http_app().await).await;
     let rogue = Pki::named("rogue root");
-    // A client from another root that still trusts the gateway's root.
-    let leaf = rogue.leaf(WEB_ID);
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates({
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(mesh.pki.root.clone()).unwrap();
-        roots
-    })
-    .with_client_auth_cert(leaf.chain, leaf.key)
-    .unwrap();
-    let tcp = TcpStream::connect(mesh.gateway).await.unwrap();
-    let name = ServerName::IpAddress(mesh.gateway.ip().into());
-    if let Ok(mut s) = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
+    // Issued by another root, though the client itself trusts the gateway's.
+    let configs = rogue.configs_from(WEB_ID, Validity::days(1), &mesh.pki);
+    let metric = format!("{HANDSHAKE}\"untrusted_issuer\"}}");
+    assert!(send_raw_as(&mesh, configs, &header(TARGET, 1)).await);
+    assert_counted(&mesh, &metric, 0.0).await;
+}
+
+#[tokio::test]
+async fn gateway_refuses_expired_certificate() {
+    let mesh = Mesh::start(http_app().await).await;
+    let configs = mesh
+        .pki
+        .configs_from(WEB_ID, Validity::expired(), &mesh.pki);
+    let metric = format!("{HANDSHAKE}\"expired\"}}");
+    assert!(send_raw_as(&mesh, configs, &header(TARGET, 1)).await);
+    assert_counted(&mesh, &metric, 0.0).await;
+}
+
+#[tokio::test]
+async fn gateway_refuses_forbidden_identity() {
+    let allow = vec![IdPattern::parse("spiffe://west.example/ns/shop/*").unwrap()];
+    let mesh = Mesh::start_with(http_app().await, Policy::Allow(allow)).await;
+    // web in shop is allowed end to end...
+    let rsp = h1_client()
+        .request(request(&mesh, "allowed"))
         .await
-    {
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf).await;
-        assert!(buf.is_empty());
-    }
-    let metric = r#"tls_handshake_failures_total{direction="Gateway",reason="untrusted_root""#;
-    assert!(
-        eventually(|| sample(&mesh.gateway_registry, metric) == 1.0).await,
-        "{}",
-        scrape(&mesh.gateway_registry)
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    // ...another namespace is not.
+    let other = mesh.pki.configs_from(
+        "spiffe://west.example/ns/batch/sa/job",
+        Validity::days(1),
+        &mesh.pki,
     );
+    let metric = format!("{HANDSHAKE}\"forbidden\"}}");
+    assert!(send_raw_as(&mesh, other, &header(TARGET, 1)).await);
+    assert_counted(&mesh, &metric, 0.0).await;
 }

@@ -292,7 +292,7 @@ fn gateway_slices(
                 .metadata
                 .annotations
                 .get_or_insert_default()
-                .insert(labels::GATEWAY_IDENTITY.into(), id.clone());
+                .insert(labels::ENDPOINT_IDENTITY.into(), id.clone());
         }
         slice.endpoints = endpoints;
         slice.ports = Some(ports.clone());

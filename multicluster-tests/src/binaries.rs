@@ -71,3 +71,21 @@ fn run_build_script() -> Result<PathBuf> {
         .ok_or_else(|| fail("printed no directory".into()))?;
     Ok(PathBuf::from(dir.trim()))
 }
+
+/// The path of a meshlink binary (`controller`, `proxy`, `gateway`, `mirror`,
+/// `meshlink`) built into the same target directory as the running test or demo.
+/// `cargo test --workspace` builds them all before any test runs.
+pub fn meshlink_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Invalid(format!("locating the running binary: {e}")))?;
+    // Tests run from target/<profile>/deps, binaries like the demo from target/<profile>.
+    let candidates = exe.ancestors().skip(1).take(2).map(|dir| dir.join(name));
+    let found = candidates.clone().find(|p| p.is_file());
+    found.ok_or_else(|| {
+        let looked: Vec<_> = candidates.map(|p| p.display().to_string()).collect();
+        Error::Invalid(format!(
+            "meshlink binary {name:?} not found (looked at {}); build it with `cargo build --workspace --bins`",
+            looked.join(", ")
+        ))
+    })
+}

@@ -83,6 +83,29 @@ impl Cleanup {
     }
 }
 
+/// Runs a clean-up when dropped unless disarmed: protects work in progress.
+#[derive(Debug)]
+pub(crate) struct CleanupGuard(Option<Cleanup>);
+
+impl CleanupGuard {
+    pub(crate) fn new(cleanup: &Cleanup) -> Self {
+        Self(Some(cleanup.clone()))
+    }
+
+    /// The work finished; its owner now cleans up.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.0.take() {
+            cleanup.run();
+        }
+    }
+}
+
 /// Runs `ip ARGS`, ignoring failure: clean-up deletes what may already be gone.
 fn quiet(args: &[&str]) {
     let _ = Command::new("ip")

@@ -124,7 +124,9 @@ impl Cluster {
             pods_created: AtomicU8::new(0),
             gateways_created: AtomicU8::new(0),
         };
+        let started = Instant::now();
         cluster.start_apiserver().await?;
+        tracing::debug!(cluster = %cluster.name, elapsed = ?started.elapsed(), "apiserver ready");
         if p.controller_manager
             && let Some(kcm) = &p.binaries.kube_controller_manager
         {

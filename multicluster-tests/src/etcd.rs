@@ -2,7 +2,7 @@
 //! `--etcd-prefix`: one etcd starts faster and uses less memory than one per cluster,
 //! and stopping an apiserver never touches the data.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ impl Etcd {
             .arg("--log-level=warn");
         let mut proc = Proc::spawn("etcd", cmd, &dir.join("etcd.log"), cleanup)?;
         let started = Instant::now();
-        while TcpStream::connect_timeout(&client, Duration::from_millis(200)).is_err() {
+        while !crate::net::connects(client).await {
             proc.check_running()?;
             if started.elapsed() > READY_DEADLINE {
                 return Err(Error::Timeout {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures::future::try_join_all;
 
 use crate::binaries::Binaries;
-use crate::cleanup::Cleanup;
+use crate::cleanup::{Cleanup, CleanupGuard};
 use crate::cluster::{Cluster, ClusterParams};
 use crate::error::{Error, Result};
 use crate::etcd::Etcd;
@@ -20,6 +20,8 @@ use crate::net::{AddressPlan, MAX_CLUSTERS, Network};
 const ETCD_CLIENT_PORT: u16 = 12379;
 const ETCD_PEER_PORT: u16 = 12380;
 const APISERVER_BASE_PORT: u16 = 16443;
+/// Name prefix of harness temp dirs.
+pub(crate) const DIR_PREFIX: &str = "meshlink-harness-";
 
 /// One cluster requested from the builder.
 #[derive(Clone, Debug)]
@@ -79,16 +81,24 @@ impl HarnessBuilder {
 
     /// Starts etcd, then every cluster's apiserver concurrently, and waits until all
     /// are ready.
-    pub async fn start(self) -> Result<Harness> {
+    pub async fn start(mut self) -> Result<Harness> {
         validate(&self.clusters)?;
-        let started = Instant::now();
-        let binaries = match self.binaries {
+        let binaries = match self.binaries.take() {
             Some(b) => b,
             None => Binaries::locate()?,
         };
         let cleanup = Cleanup::register();
+        // Undoes a half-built harness if start fails or its future is dropped.
+        let guard = CleanupGuard::new(&cleanup);
+        let harness = self.start_parts(binaries, cleanup).await?;
+        guard.disarm();
+        Ok(harness)
+    }
+
+    async fn start_parts(self, binaries: Binaries, cleanup: Cleanup) -> Result<Harness> {
+        let started = Instant::now();
         let dir = tempfile::Builder::new()
-            .prefix("meshlink-harness-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .map_err(Error::io("creating the harness temp dir"))?;
         cleanup.add_dir(dir.path().to_path_buf());
@@ -96,8 +106,10 @@ impl HarnessBuilder {
         let net = Arc::new(Network::create(
             self.clusters.len() as u8,
             self.flat_network,
+            dir.path(),
             &cleanup,
         )?);
+        tracing::debug!(elapsed = ?started.elapsed(), slot = net.plan.slot(), "network ready");
         let host = IpAddr::V4(net.plan.host());
         let etcd = Etcd::start(
             &binaries.etcd,
@@ -107,6 +119,7 @@ impl HarnessBuilder {
             &cleanup,
         )
         .await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "etcd accepting connections");
         let mut starts = Vec::new();
         for (index, spec) in self.clusters.iter().enumerate() {
             starts.push(Cluster::start(ClusterParams {
@@ -250,4 +263,26 @@ pub(crate) fn is_dns_label(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
         && s.chars()
             .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tests share a harness across tasks (`Arc<Harness>`), so it must stay Send + Sync.
+    #[test]
+    fn harness_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Harness>();
+        check::<Cluster>();
+        check::<crate::Pod>();
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        assert!(is_dns_label("east-1", 20));
+        for bad in ["", "East", "1east", "east-", "a b", "x".repeat(21).as_str()] {
+            assert!(!is_dns_label(bad, 20), "{bad:?}");
+        }
+    }
 }

@@ -22,9 +22,11 @@
 //! harnesses (even in different test binaries) use disjoint names and addresses.
 
 use std::fs::{File, TryLockError};
-use std::net::Ipv4Addr;
+use std::io::{Read, Seek, Write};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::cleanup::Cleanup;
 use crate::error::{Error, Result};
@@ -119,10 +121,27 @@ impl AddressPlan {
 
 /// An exclusive claim on a slot: a lock on `/run/meshlink-harness/slot-N.lock`,
 /// released by the kernel when the process dies, so a crashed harness never keeps
-/// its slot.
+/// its slot. The file holds the owner's temp dir, so whoever claims the slot after a
+/// crash can remove that too.
 #[derive(Debug)]
 struct SlotLock {
-    _file: File,
+    file: File,
+}
+
+impl SlotLock {
+    /// Replaces the recorded temp dir with `dir`, returning the previous one.
+    fn swap_dir(&mut self, dir: &Path) -> Result<Option<String>> {
+        let mut previous = String::new();
+        let _ = self.file.read_to_string(&mut previous);
+        let ctx = || Error::io("recording the harness dir in its slot file");
+        self.file.set_len(0).map_err(|e| ctx()(e))?;
+        self.file.rewind().map_err(|e| ctx()(e))?;
+        self.file
+            .write_all(dir.to_string_lossy().as_bytes())
+            .map_err(|e| ctx()(e))?;
+        let previous = previous.trim();
+        Ok((!previous.is_empty()).then(|| previous.to_owned()))
+    }
 }
 
 fn claim_slot() -> Result<(SlotLock, AddressPlan)> {
@@ -132,11 +151,12 @@ fn claim_slot() -> Result<(SlotLock, AddressPlan)> {
         let file = File::options()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(Error::io(format!("opening {}", path.display())))?;
         match file.try_lock() {
-            Ok(()) => return Ok((SlotLock { _file: file }, AddressPlan::new(slot)?)),
+            Ok(()) => return Ok((SlotLock { file }, AddressPlan::new(slot)?)),
             Err(TryLockError::WouldBlock) => continue,
             Err(TryLockError::Error(e)) => {
                 return Err(Error::io(format!("locking {}", path.display()))(e));
@@ -157,10 +177,11 @@ pub(crate) struct Network {
 
 impl Network {
     /// Claims a slot, removes anything a dead owner of it left behind, and builds the
-    /// hub, the root veth and one router per cluster.
-    pub(crate) fn create(clusters: u8, flat: bool, cleanup: &Cleanup) -> Result<Self> {
-        let (lock, plan) = claim_slot()?;
-        remove_leftovers(&plan);
+    /// hub, the root veth and one router per cluster. `dir` is the harness temp dir.
+    pub(crate) fn create(clusters: u8, flat: bool, dir: &Path, cleanup: &Cleanup) -> Result<Self> {
+        let (mut lock, plan) = claim_slot()?;
+        let stale_dir = lock.swap_dir(dir)?;
+        remove_leftovers(&plan, stale_dir.as_deref());
         let net = Self {
             plan,
             flat,
@@ -308,9 +329,18 @@ fn add_netns(name: &str, cleanup: &Cleanup) -> Result<()> {
     ip(&["netns", "add", name])
 }
 
-/// Deletes namespaces (and the processes in them) and the root link that a previous,
-/// dead owner of this slot left behind.
-fn remove_leftovers(plan: &AddressPlan) {
+/// Deletes namespaces (and the processes in them), the root link and the temp dir
+/// that a previous, dead owner of this slot left behind.
+fn remove_leftovers(plan: &AddressPlan, stale_dir: Option<&str>) {
+    // Only ever a harness temp dir, whatever the file says.
+    if let Some(dir) = stale_dir.map(Path::new)
+        && dir.starts_with(std::env::temp_dir())
+        && dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(crate::harness::DIR_PREFIX))
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     let prefix = plan.netns_prefix();
     for ns in netns_names().into_iter().filter(|n| n.starts_with(&prefix)) {
         kill_netns_processes(&ns);
@@ -362,6 +392,16 @@ fn run(cmd: &mut Command) -> Result<()> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
     }
+}
+
+/// Whether a TCP connection to `addr` succeeds within 200 ms (without blocking the
+/// runtime, which is single-threaded in `#[tokio::test]`).
+pub(crate) async fn connects(addr: SocketAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! There are no kubelets; a pod is whatever the test runs in its namespace.
 
 use std::ffi::OsStr;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -99,7 +99,7 @@ impl Pod {
         let addr = SocketAddr::from((self.ip, port));
         let started = Instant::now();
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if net::connects(addr).await {
                 return Ok(());
             }
             for proc in self.procs().iter_mut() {

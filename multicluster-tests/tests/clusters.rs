@@ -129,3 +129,30 @@ async fn apiserver_restarts_on_the_same_address_with_its_data() {
     assert_eq!(solo.server_url(), url);
     assert!(api.get("kept").await.is_ok(), "data survives the restart");
 }
+
+#[tokio::test]
+async fn a_dying_apiserver_fails_start_with_its_log() {
+    let mut binaries = multicluster_tests::Binaries::locate().unwrap();
+    binaries.kube_apiserver = "/bin/false".into();
+    let err = Harness::builder()
+        .cluster("broken")
+        .binaries(binaries)
+        .start()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("kube-apiserver of broken exited early"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn bad_cluster_names_are_rejected_before_anything_starts() {
+    for name in ["", "East", "has space", "-dash", "x".repeat(21).as_str()] {
+        let err = Harness::builder().cluster(name).start().await.unwrap_err();
+        assert!(err.to_string().contains("cluster name"), "{name:?}: {err}");
+    }
+    let twice = Harness::builder().cluster("a").cluster("a").start().await;
+    assert!(twice.unwrap_err().to_string().contains("twice"));
+}

@@ -32,6 +32,37 @@ impl Drain {
     }
 }
 
+/// One stop signal for every server of a process: `main` triggers it on SIGTERM
+/// and each server's accept loop waits on its own [`Stop::signaled`] future.
+#[derive(Debug)]
+pub struct Stop(watch::Sender<bool>);
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self(watch::Sender::new(false))
+    }
+}
+
+impl Stop {
+    /// A signal not yet triggered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Resolves once [`Stop::trigger`] is called (or the `Stop` is dropped).
+    pub fn signaled(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Tells every server to stop accepting and drain.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
 /// Limits of one accept loop.
 #[derive(Clone, Copy, Debug)]
 pub struct AcceptConfig {

@@ -99,7 +99,8 @@ pub fn classify(buf: &[u8]) -> Verdict {
     for (i, &b) in buf.iter().enumerate() {
         match b {
             b'A'..=b'Z' | b'-' | b'_' if i < MAX_METHOD_LEN => continue,
-            b' ' if i > 0 => return Verdict::Known(Protocol::Http1),
+            // Bounded like the token, so a verdict never changes as bytes arrive.
+            b' ' if i > 0 && i < MAX_METHOD_LEN => return Verdict::Known(Protocol::Http1),
             _ => return Verdict::Known(Protocol::Opaque),
         }
     }
@@ -212,9 +213,29 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn a_verdict_never_changes_as_bytes_arrive() {
+        // Found by the fuzz target: a maximal token, then a space, was opaque at
+        // 16 bytes and HTTP/1 at 17.
+        let input = [b"ABCDEFGHIJKLMNOP".as_slice(), b" / HTTP/1.1\r\n"].concat();
+        let first = (1..=input.len()).find_map(|n| match classify(&input[..n]) {
+            Verdict::Known(p) => Some(p),
+            Verdict::NeedMore => None,
+        });
+        assert_eq!(first, Some(Protocol::Opaque));
+        for n in MAX_METHOD_LEN..=input.len() {
+            assert_eq!(
+                classify(&input[..n]),
+                Verdict::Known(Protocol::Opaque),
+                "at {n} bytes"
+            );
+        }
+    }
 
     #[test]
     fn classifies_http2_preface() {

@@ -38,6 +38,10 @@ pub struct Endpoint {
     /// Relative weight; 0 is treated as 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Cost tier relative to this proxy: 0 same zone, 1 same cluster, 2 another
+    /// cluster. Static files default to 0.
+    #[serde(default)]
+    pub tier: u32,
     /// The protocol the endpoint speaks, when known, so detection can be skipped.
     #[serde(default)]
     pub protocol: Option<ProtocolHint>,
@@ -57,6 +61,7 @@ impl Endpoint {
             zone: None,
             cluster: None,
             weight: 1,
+            tier: 0,
             protocol: None,
         }
     }
@@ -173,6 +178,7 @@ impl Discovery for StaticDiscovery {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 

@@ -43,14 +43,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The TLS handshake with a peer failed.
+    /// The TLS handshake with a peer failed or the peer was not who we expected.
     #[error("TLS handshake with {addr}")]
     Tls {
         /// The peer.
         addr: SocketAddr,
-        /// The handshake error.
+        /// The refusal, with a bounded reason.
         #[source]
-        source: std::io::Error,
+        source: crate::tls::HandshakeError,
     },
     /// The client TLS configuration could not be built for an endpoint.
     #[error("client TLS for {identity}: {reason}")]
@@ -60,9 +60,20 @@ pub enum Error {
         /// Why the configuration failed.
         reason: String,
     },
+    /// TLS credentials could not be loaded.
+    #[error("loading TLS credentials")]
+    Credentials(#[from] crate::tls::TlsError),
     /// The original destination of a redirected connection could not be read.
     #[error("reading SO_ORIGINAL_DST")]
     OriginalDst(#[source] nix::Error),
+    /// The discovery service could not answer for a target.
+    #[error("discovery for {target} unavailable: {reason}")]
+    DiscoveryUnavailable {
+        /// The target being resolved.
+        target: String,
+        /// The stream's error.
+        reason: String,
+    },
     /// A socket-level I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -1,32 +1,39 @@
 //! The inbound listener: connections from the mesh to the local app. Each one is
 //! walked through accept → TLS (mutual, terminated here) → detect → forward to the
-//! app in plaintext. [`accept_tls`] is the TLS stage the gateway shares.
+//! app in plaintext, at a fixed address or, after an iptables redirect, at
+//! `127.0.0.1:<original destination port>`. [`accept_tls`] is the TLS stage the gateway shares.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::Error;
 use crate::accept::{self, AcceptConfig, Drain};
 use crate::detect::DetectConfig;
 use crate::discovery::Endpoint;
 use crate::forward::{self, ForwardContext};
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Listener, Metrics};
+use crate::orig_dst::original_dst;
 use crate::route::{Router, Target};
+use crate::tls::{self, Policy, TlsConfigs};
+use api::identity::SpiffeId;
 
 /// Static settings of the inbound listener.
 #[derive(Clone, Debug)]
 pub struct InboundConfig {
     /// Where the local app listens.
-    pub app: SocketAddr,
+    pub app: AppTarget,
     /// Protocol detection.
     pub detect: DetectConfig,
     /// Connection limits and drain deadline.
     pub accept: AcceptConfig,
+    /// Which peer identities may connect.
+    pub policy: Policy,
     /// The TLS handshake must finish within this.
     pub handshake_timeout: Duration,
     /// Opaque connections idle this long are closed.
@@ -35,36 +42,47 @@ pub struct InboundConfig {
     pub buffer_size: usize,
 }
 
+/// Where inbound traffic is handed to the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppTarget {
+    /// Always this address.
+    Fixed(SocketAddr),
+    /// Loopback at the port the peer originally dialled (transparent mode).
+    OriginalDstPort,
+}
+
 /// The inbound proxy, ready to serve a bound listener.
 #[derive(Debug)]
 pub struct Inbound {
     config: InboundConfig,
-    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
-    app: Arc<Target>,
+    tls: watch::Receiver<Arc<TlsConfigs>>,
+    router: Arc<Router>,
+    /// One pooled target per app port (ports are few: a pod's container ports).
+    apps: Mutex<HashMap<u16, Arc<Target>>>,
     ctx: ForwardContext,
 }
 
 impl Inbound {
-    /// Builds the inbound proxy. `tls` carries the current server configuration
-    /// (it changes on rotation; established connections keep theirs); `router`
+    /// Builds the inbound proxy. `tls` carries the current credentials (they
+    /// change on rotation; established connections keep theirs); `router`
     /// supplies the connector and balancing settings for the app's pool.
     pub fn new(
         config: InboundConfig,
-        tls: watch::Receiver<Arc<rustls::ServerConfig>>,
-        router: &Router,
+        tls: watch::Receiver<Arc<TlsConfigs>>,
+        router: Arc<Router>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let app = router.fixed(&config.app.to_string(), vec![Endpoint::plain(config.app)]);
         let ctx = ForwardContext {
             metrics,
-            direction: Direction::Inbound,
+            listener: Listener::Inbound,
             idle_timeout: config.idle_timeout,
             buffer_size: config.buffer_size,
         };
         Self {
             config,
             tls,
-            app,
+            router,
+            apps: Mutex::new(HashMap::new()),
             ctx,
         }
     }
@@ -82,69 +100,78 @@ impl Inbound {
 
     async fn connection(&self, stream: TcpStream, drain: Drain) {
         let metrics = &self.ctx.metrics;
-        metrics.tcp_open(Direction::Inbound);
-        let config = self.tls.borrow().clone();
-        let timeout = self.config.handshake_timeout;
-        let Some(tls) = accept_tls(stream, config, timeout, metrics, Direction::Inbound).await
+        metrics.tcp_open(Listener::Inbound);
+        let (policy, timeout) = (&self.config.policy, self.config.handshake_timeout);
+        let Some((tls, _peer)) = accept_tls(stream, &self.tls, policy, timeout, metrics).await
         else {
-            metrics.tcp_close(Direction::Inbound, 0, 0);
+            metrics.tcp_close(Listener::Inbound, 0, 0);
             return;
         };
-        let (protocol, io) = match self.config.detect.run(tls, self.config.app.port()).await {
+        let app = match self.app_addr(tls.get_ref().0) {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::info!(%error, "no app address for inbound connection");
+                metrics.tcp_close(Listener::Inbound, 0, 0);
+                return;
+            }
+        };
+        let (protocol, io) = match self.config.detect.run(tls, app.port()).await {
             Ok(detected) => detected,
             Err(error) => {
                 tracing::debug!(%error, "detection failed");
                 return;
             }
         };
-        forward::forward(io, protocol, self.app.clone(), &self.ctx, drain).await;
+        forward::forward(io, protocol, self.app_target(app), &self.ctx, drain).await;
+    }
+
+    /// The app address for a connection.
+    fn app_addr(&self, stream: &TcpStream) -> Result<SocketAddr, Error> {
+        match self.config.app {
+            AppTarget::Fixed(addr) => Ok(addr),
+            AppTarget::OriginalDstPort => {
+                let dst = original_dst(stream)?;
+                if dst == stream.local_addr()? {
+                    return Err(Error::Config(format!(
+                        "connection to {dst} was not redirected"
+                    )));
+                }
+                Ok(SocketAddr::from(([127, 0, 0, 1], dst.port())))
+            }
+        }
+    }
+
+    fn app_target(&self, app: SocketAddr) -> Arc<Target> {
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        let target = apps.entry(app.port()).or_insert_with(|| {
+            self.router
+                .fixed(&app.to_string(), vec![Endpoint::plain(app)])
+        });
+        target.clone()
     }
 }
 
-/// The TLS stage: handshakes with `config` within `timeout`, counting a failure
-/// by reason. `None` means the connection is dropped.
+/// The TLS stage, shared with the gateway: handshakes with the current server
+/// config within `timeout` and admits the client only if `policy` allows its
+/// identity. A refusal is logged and counted by reason; `None` means the
+/// connection is dropped.
 pub async fn accept_tls(
     stream: TcpStream,
-    config: Arc<rustls::ServerConfig>,
+    configs: &watch::Receiver<Arc<TlsConfigs>>,
+    policy: &Policy,
     timeout: Duration,
     metrics: &Metrics,
-    direction: Direction,
-) -> Option<TlsStream<TcpStream>> {
+) -> Option<(TlsStream<TcpStream>, SpiffeId)> {
     let peer = stream.peer_addr().ok();
-    match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(stream)).await {
-        Ok(Ok(tls)) => Some(tls),
-        Ok(Err(error)) => {
-            let reason = tls_failure_reason(&error);
-            tracing::info!(?peer, reason, %error, "TLS handshake failed");
-            metrics.tls_failure(direction, reason);
+    let config = configs.borrow().server.clone();
+    match tls::accept(config, stream, policy, timeout).await {
+        Ok(accepted) => Some(accepted),
+        Err(error) => {
+            tracing::info!(?peer, reason = error.reason.as_str(), %error, "TLS handshake refused");
+            metrics
+                .tls
+                .handshake_failed(Direction::Inbound, error.reason);
             None
         }
-        Err(_) => {
-            tracing::info!(?peer, "TLS handshake timed out");
-            metrics.tls_failure(direction, "timeout");
-            None
-        }
-    }
-}
-
-/// A fixed label for why a server-side handshake failed.
-pub fn tls_failure_reason(error: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError, Error as E};
-    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
-        return "io";
-    };
-    match tls {
-        E::NoCertificatesPresented => "no_client_cert",
-        E::InvalidCertificate(CertificateError::UnknownIssuer) => "untrusted_root",
-        E::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "expired",
-        E::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
-            "forbidden_identity"
-        }
-        E::InvalidCertificate(_) => "bad_certificate",
-        E::NoApplicationProtocol => "alpn",
-        E::PeerIncompatible(_) => "incompatible",
-        _ => "handshake",
     }
 }

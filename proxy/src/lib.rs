@@ -3,24 +3,27 @@
 //! tiers, and the admin server. The gateway is this proxy in gateway mode, and the
 //! other long-running components reuse its identity and admin pieces.
 //!
-//! A connection walks one stage per module: [`accept`] → TLS ([`inbound`]) →
-//! [`detect`] → [`route`] (with [`discovery`]) → [`balance`] → [`forward`].
+//! A connection walks one stage per module: [`accept`] → TLS ([`tls`], via
+//! [`inbound`]) → [`detect`] → [`route`] (with [`discovery`]) → [`balance`] →
+//! [`forward`].
 
 pub mod accept;
+pub mod admin;
 pub mod balance;
+pub mod config;
 pub mod detect;
 pub mod discovery;
+pub mod discovery_grpc;
 mod error;
 pub mod forward;
 pub mod header;
 pub mod inbound;
+pub mod init;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
-pub mod route;
-
-pub mod admin;
 pub mod pki;
+pub mod route;
 pub mod tls;
 
 pub use error::Error;

@@ -1,25 +1,129 @@
-//! The data plane's Prometheus metrics: requests and responses by status class,
-//! response latency, TCP connections and bytes, transport-header and TLS refusals by
-//! reason. Labels are bounded: directions and reasons are fixed sets, and target
-//! authorities and peer identities are capped at [`MAX_NAMES`] distinct values per
-//! kind, after which they are reported as `other`.
+//! Metrics of the proxy. The identity layer's [`TlsMetrics`] count TLS handshake
+//! refusals and transport-header errors, labelled only with bounded values
+//! (direction and reason), so a hostile peer cannot grow the label space. The data
+//! plane's [`Metrics`] count requests and responses by status class, response
+//! latency, TCP connections and bytes, and policy refusals, per [`Listener`];
+//! target authorities and peer identities are capped at [`MAX_NAMES`] distinct
+//! values per kind, after which they are reported as `other`. Everything is
+//! registered under the caller's (sub-)registry.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-use std::time::Duration;
-
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use crate::tls::{ReadHeaderError, RejectReason};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Which side of the connection we were.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// We accepted the connection.
+    Inbound,
+    /// We opened the connection.
+    Outbound,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        })
+    }
+}
+
+/// Labels of the failure counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// A [`RejectReason`] or header error label.
+    pub reason: &'static str,
+}
+
+/// Counters for TLS refusals and header errors.
+#[derive(Debug, Clone, Default)]
+pub struct TlsMetrics {
+    handshake_failures: Family<FailureLabels, Counter>,
+    header_errors: Family<FailureLabels, Counter>,
+}
+
+impl TlsMetrics {
+    /// Registers `tls_handshake_failures_total` and `transport_header_errors_total`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes refused or failed, by reason",
+            metrics.handshake_failures.clone(),
+        );
+        registry.register(
+            "transport_header_errors",
+            "Connections closed because of an invalid transport header, by reason",
+            metrics.header_errors.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one refused handshake.
+    pub fn handshake_failed(&self, direction: Direction, reason: RejectReason) {
+        let labels = FailureLabels {
+            direction,
+            reason: reason.as_str(),
+        };
+        self.handshake_failures.get_or_create(&labels).inc();
+    }
+
+    /// Counts one bad transport header.
+    pub fn header_failed(&self, direction: Direction, err: &ReadHeaderError) {
+        let labels = FailureLabels {
+            direction,
+            reason: err.reason(),
+        };
+        self.header_errors.get_or_create(&labels).inc();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
+mod tests {
+    use super::*;
+    use api::transport_header::HeaderError;
+
+    #[test]
+    fn failures_are_exposed_by_reason() {
+        let mut registry = Registry::default();
+        let metrics = TlsMetrics::register(&mut registry);
+        metrics.handshake_failed(Direction::Inbound, RejectReason::Expired);
+        metrics.handshake_failed(Direction::Inbound, RejectReason::Expired);
+        metrics.header_failed(Direction::Inbound, &HeaderError::BadMagic.into());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                "tls_handshake_failures_total{direction=\"inbound\",reason=\"expired\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "transport_header_errors_total{direction=\"inbound\",reason=\"bad_magic\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}
 
 /// How many distinct target or identity label values are kept before `other`.
 pub const MAX_NAMES: usize = 100;
 
-/// Which listener a metric comes from.
+/// Which listener a data-plane metric comes from.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Direction {
+pub enum Listener {
     /// Traffic from the local app to the mesh.
     Outbound,
     /// Traffic from the mesh to the local app.
@@ -32,7 +136,7 @@ pub enum Direction {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The listener.
-    pub direction: Direction,
+    pub listener: Listener,
     /// The target authority (capped).
     pub target: String,
 }
@@ -41,7 +145,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
     /// The listener.
-    pub direction: Direction,
+    pub listener: Listener,
     /// The target authority (capped).
     pub target: String,
     /// `1xx` .. `5xx`, or `error` when no response came back.
@@ -52,14 +156,14 @@ pub struct ResponseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {
     /// The listener.
-    pub direction: Direction,
+    pub listener: Listener,
 }
 
 /// Labels of refusals.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// The listener.
-    pub direction: Direction,
+    pub listener: Listener,
     /// A fixed reason string chosen by the code that refused.
     pub reason: String,
     /// The peer identity when known (capped), else empty.
@@ -76,8 +180,8 @@ pub struct Metrics {
     tcp_close: Family<ConnLabels, Counter>,
     bytes_in: Family<ConnLabels, Counter>,
     bytes_out: Family<ConnLabels, Counter>,
-    header_errors: Family<ReasonLabels, Counter>,
-    tls_failures: Family<ReasonLabels, Counter>,
+    /// Handshake refusals and transport-header errors.
+    pub tls: TlsMetrics,
     refused: Family<ReasonLabels, Counter>,
     targets: NameCap,
     peers: NameCap,
@@ -98,8 +202,7 @@ impl Metrics {
             tcp_close: Family::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
-            header_errors: Family::default(),
-            tls_failures: Family::default(),
+            tls: TlsMetrics::register(registry),
             refused: Family::default(),
             targets: NameCap::default(),
             peers: NameCap::default(),
@@ -137,16 +240,6 @@ impl Metrics {
             this.bytes_out.clone(),
         );
         r.register(
-            "header_errors",
-            "Transport headers refused",
-            this.header_errors.clone(),
-        );
-        r.register(
-            "tls_handshake_failures",
-            "TLS handshakes failed",
-            this.tls_failures.clone(),
-        );
-        r.register(
             "refused",
             "Connections refused by policy",
             this.refused.clone(),
@@ -155,9 +248,9 @@ impl Metrics {
     }
 
     /// Counts one request and returns the labels for its response.
-    pub fn request(&self, direction: Direction, target: &str) -> RequestLabels {
+    pub fn request(&self, listener: Listener, target: &str) -> RequestLabels {
         let labels = RequestLabels {
-            direction,
+            listener,
             target: self.targets.label(target),
         };
         self.requests.get_or_create(&labels).inc();
@@ -171,13 +264,13 @@ impl Metrics {
             None => "error".to_string(),
         };
         let labels = ResponseLabels {
-            direction: req.direction,
+            listener: req.listener,
             target: req.target.clone(),
             status,
         };
         self.responses.get_or_create(&labels).inc();
         let conn = ConnLabels {
-            direction: req.direction,
+            listener: req.listener,
         };
         self.latency
             .get_or_create(&conn)
@@ -185,42 +278,28 @@ impl Metrics {
     }
 
     /// Counts an accepted connection.
-    pub fn tcp_open(&self, direction: Direction) {
-        self.tcp_open.get_or_create(&ConnLabels { direction }).inc();
+    pub fn tcp_open(&self, listener: Listener) {
+        self.tcp_open.get_or_create(&ConnLabels { listener }).inc();
     }
 
     /// Counts a closed connection and the bytes it carried each way.
-    pub fn tcp_close(&self, direction: Direction, read: u64, written: u64) {
-        let l = ConnLabels { direction };
+    pub fn tcp_close(&self, listener: Listener, read: u64, written: u64) {
+        let l = ConnLabels { listener };
         self.tcp_close.get_or_create(&l).inc();
         self.bytes_in.get_or_create(&l).inc_by(read);
         self.bytes_out.get_or_create(&l).inc_by(written);
     }
 
-    /// Counts a refused transport header.
-    pub fn header_error(&self, direction: Direction, reason: &'static str, peer: Option<&str>) {
-        self.header_errors
-            .get_or_create(&self.reason(direction, reason, peer))
-            .inc();
-    }
-
-    /// Counts a failed TLS handshake.
-    pub fn tls_failure(&self, direction: Direction, reason: &'static str) {
-        self.tls_failures
-            .get_or_create(&self.reason(direction, reason, None))
-            .inc();
-    }
-
     /// Counts a connection refused by policy (identity, target, hop count).
-    pub fn refusal(&self, direction: Direction, reason: &'static str, peer: Option<&str>) {
+    pub fn refusal(&self, listener: Listener, reason: &'static str, peer: Option<&str>) {
         self.refused
-            .get_or_create(&self.reason(direction, reason, peer))
+            .get_or_create(&self.reason(listener, reason, peer))
             .inc();
     }
 
-    fn reason(&self, direction: Direction, reason: &str, peer: Option<&str>) -> ReasonLabels {
+    fn reason(&self, listener: Listener, reason: &str, peer: Option<&str>) -> ReasonLabels {
         ReasonLabels {
-            direction,
+            listener,
             reason: reason.to_string(),
             peer: peer.map(|p| self.peers.label(p)).unwrap_or_default(),
         }
@@ -246,7 +325,8 @@ impl NameCap {
 }
 
 #[cfg(test)]
-mod tests {
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
+mod dataplane_tests {
     use super::*;
 
     #[test]
@@ -254,15 +334,15 @@ mod tests {
         let m = Metrics::register(&mut Registry::default());
         for i in 0..MAX_NAMES {
             assert_eq!(
-                m.request(Direction::Outbound, &format!("t{i}:80")).target,
+                m.request(Listener::Outbound, &format!("t{i}:80")).target,
                 format!("t{i}:80")
             );
         }
         assert_eq!(
-            m.request(Direction::Outbound, "one-too-many:80").target,
+            m.request(Listener::Outbound, "one-too-many:80").target,
             "other"
         );
-        assert_eq!(m.request(Direction::Outbound, "t0:80").target, "t0:80");
+        assert_eq!(m.request(Listener::Outbound, "t0:80").target, "t0:80");
     }
 
     #[test]
@@ -270,12 +350,12 @@ mod tests {
         let mut reg = Registry::default();
         let m = Metrics::register(&mut reg);
         m.refusal(
-            Direction::Gateway,
+            Listener::Gateway,
             "hop_limit",
             Some("spiffe://west/ns/a/sa/b"),
         );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
-        assert!(text.contains(r#"refused_total{direction="Gateway",reason="hop_limit",peer="spiffe://west/ns/a/sa/b"} 1"#), "{text}");
+        assert!(text.contains(r#"refused_total{listener="Gateway",reason="hop_limit",peer="spiffe://west/ns/a/sa/b"} 1"#), "{text}");
     }
 }

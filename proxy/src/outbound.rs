@@ -14,7 +14,7 @@ use crate::accept::{self, AcceptConfig, Drain};
 use crate::detect::DetectConfig;
 use crate::discovery::Endpoint;
 use crate::forward::{self, ForwardContext};
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Listener, Metrics};
 use crate::orig_dst::original_dst;
 use crate::route::{Router, Target};
 
@@ -55,7 +55,7 @@ impl Outbound {
     pub fn new(config: OutboundConfig, router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
         let ctx = ForwardContext {
             metrics,
-            direction: Direction::Outbound,
+            listener: Listener::Outbound,
             idle_timeout: config.idle_timeout,
             buffer_size: config.buffer_size,
         };
@@ -73,10 +73,10 @@ impl Outbound {
         accept::serve(listener, shutdown, accept, move |stream, _peer, drain| {
             let this = this.clone();
             async move {
-                this.ctx.metrics.tcp_open(Direction::Outbound);
+                this.ctx.metrics.tcp_open(Listener::Outbound);
                 if let Err(error) = this.connection(stream, drain).await {
                     tracing::info!(%error, "outbound connection refused");
-                    this.ctx.metrics.tcp_close(Direction::Outbound, 0, 0);
+                    this.ctx.metrics.tcp_close(Listener::Outbound, 0, 0);
                 }
             }
         })

@@ -13,20 +13,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use api::discovery::{Endpoint, ProtocolHint};
+use api::labels::{CLUSTER_NAME, ENDPOINT_IDENTITY, REMOTE_SVC_FQ_NAME, SERVICE_NAME};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
 
 use super::target::Target;
-
-/// Label naming the cluster a mirror Service came from.
-const MIRROR_CLUSTER_LABEL: &str = "mirror.meshlink.io/cluster-name";
-/// Annotation (or label) with the remote Service's fully qualified name.
-const MIRROR_REMOTE_NAME: &str = "mirror.meshlink.io/remote-svc-fq-name";
-/// Annotation on an EndpointSlice naming the SPIFFE ID its endpoints present.
-pub const IDENTITY_ANNOTATION: &str = "identity.meshlink.io/spiffe-id";
-/// The EndpointSlice label naming its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Cost tiers, relative to the subscriber.
 const TIER_SAME_ZONE: u32 = 0;
@@ -332,7 +324,7 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 }
 
 fn owner_of(slice: &EndpointSlice) -> Option<ServiceKey> {
-    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME)?;
     Some(ServiceKey {
         namespace: slice.metadata.namespace.clone()?,
         name: name.clone(),
@@ -362,8 +354,7 @@ fn service_info(svc: &Service) -> ServiceInfo {
             .and_then(|a| a.get(k))
             .cloned()
     };
-    let mirror = label(MIRROR_CLUSTER_LABEL)
-        .zip(annotation(MIRROR_REMOTE_NAME).or_else(|| label(MIRROR_REMOTE_NAME)));
+    let mirror = label(CLUSTER_NAME).zip(annotation(REMOTE_SVC_FQ_NAME));
     ServiceInfo {
         cluster_ips,
         ports,
@@ -400,7 +391,7 @@ fn slice_info(slice: &EndpointSlice) -> SliceInfo {
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(IDENTITY_ANNOTATION))
+        .and_then(|a| a.get(ENDPOINT_IDENTITY))
         .cloned()
         .unwrap_or_default();
     SliceInfo {

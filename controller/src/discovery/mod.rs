@@ -1,9 +1,93 @@
 //! Discovery: proxies subscribe to a destination and receive its endpoints and
 //! routes as they change. The [`index`] holds the cluster's state and knows
 //! nothing of gRPC; [`grpc`] serves it and knows nothing of Kubernetes; [`k8s`]
-//! feeds the index from watches.
+//! feeds the index from watches. [`Discovery`] wires the three together.
 
 pub mod grpc;
 pub mod index;
 pub mod k8s;
 pub mod target;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+use index::Index;
+use k8s::SharedIndex;
+
+/// A running discovery index for one cluster, ready to be served.
+#[derive(Debug)]
+pub struct Discovery {
+    index: SharedIndex,
+    metrics: grpc::Metrics,
+    ready: watch::Receiver<bool>,
+}
+
+impl Discovery {
+    /// Starts the cluster's watches (one per resource kind) feeding a new index
+    /// for cluster `cluster` with DNS domain `domain`. Must be called within a
+    /// Tokio runtime; the watches run until the runtime stops.
+    pub fn start(
+        client: kube::Client,
+        cluster: &str,
+        domain: &str,
+        registry: &mut Registry,
+    ) -> Self {
+        let index = SharedIndex::new(Index::new(cluster, domain));
+        let watch_metrics = k8s::Metrics::register(registry);
+        let (services_tx, services_ready) = watch::channel(false);
+        let (slices_tx, mut slices_ready) = watch::channel(false);
+        tokio::spawn(k8s::watch_services(
+            client.clone(),
+            index.clone(),
+            watch_metrics.clone(),
+            services_tx,
+        ));
+        tokio::spawn(k8s::watch_slices(
+            client,
+            index.clone(),
+            watch_metrics,
+            slices_tx,
+        ));
+
+        let (ready_tx, ready) = watch::channel(false);
+        let mut services_ready = services_ready;
+        tokio::spawn(async move {
+            let both = async {
+                services_ready.wait_for(|r| *r).await.ok()?;
+                slices_ready.wait_for(|r| *r).await.ok()
+            };
+            if both.await.is_some() {
+                ready_tx.send_replace(true);
+            }
+        });
+        Self {
+            index,
+            metrics: grpc::Metrics::register(registry),
+            ready,
+        }
+    }
+
+    /// True once every watch has listed the cluster once.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    /// Serves the discovery gRPC API on `listener` until `shutdown` turns true;
+    /// open streams end at shutdown so proxies reconnect elsewhere.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), tonic::transport::Error> {
+        let service = grpc::Service::new(self.index, self.metrics, shutdown.clone());
+        let mut stop = shutdown;
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    }
+}

@@ -3,15 +3,14 @@
 //! and a two-cluster mesh on loopback: west outbound proxy → east gateway → east
 //! inbound proxy → app, every listener on port 0.
 //!
-//! INTERIM: the PKI and TLS configs here stand in for the identity branch's
-//! `proxy::pki` / `proxy::tls` until that branch is merged.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::identity::SpiffeId;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -22,14 +21,14 @@ use proxy::accept::AcceptConfig;
 use proxy::balance::BalanceConfig;
 use proxy::detect::DetectConfig;
 use proxy::discovery::{Endpoint, StaticDiscovery};
-use proxy::forward::connect::{ClientTls, Connector};
-use proxy::inbound::{Inbound, InboundConfig};
+use proxy::forward::connect::Connector;
+use proxy::header::ALPN;
+use proxy::inbound::{AppTarget, Inbound, InboundConfig};
 use proxy::metrics::Metrics;
 use proxy::outbound::{Outbound, OutboundConfig, TargetMode};
+use proxy::pki::{Ca, Validity};
 use proxy::route::Router;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-use rustls::crypto::aws_lc_rs;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use proxy::tls::{Credentials, Policy, TlsConfigs, TrustBundle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -40,16 +39,9 @@ pub const GATEWAY_ID: &str = "spiffe://east.example/ns/meshlink-multicluster/sa/
 pub const BOOKS_ID: &str = "spiffe://east.example/ns/shop/sa/books";
 pub const WEB_ID: &str = "spiffe://west.example/ns/shop/sa/web";
 
-/// A root CA that signs workload certificates.
+/// A test CA (identity's `proxy::pki`) and TLS configs built from it.
 pub struct Pki {
-    ca_params: CertificateParams,
-    ca_key: KeyPair,
-    pub root: CertificateDer<'static>,
-}
-
-pub struct Leaf {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
+    pub ca: Ca,
 }
 
 impl Pki {
@@ -58,94 +50,35 @@ impl Pki {
     }
 
     pub fn named(cn: &str) -> Self {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().unwrap();
-        let root = ca_params.self_signed(&ca_key).unwrap().der().clone();
         Self {
-            ca_params,
-            ca_key,
-            root,
+            ca: Ca::root(cn, Validity::days(1)).unwrap(),
         }
     }
 
-    pub fn leaf(&self, spiffe_id: &str) -> Leaf {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![
-            SanType::URI(spiffe_id.try_into().unwrap()),
-            SanType::IpAddress([127, 0, 0, 1].into()),
-        ];
-        let key = KeyPair::generate().unwrap();
-        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        Leaf {
-            chain: vec![cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        }
-    }
-
-    fn roots(&self) -> Arc<rustls::RootCertStore> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.root.clone()).unwrap();
-        Arc::new(roots)
-    }
-
-    pub fn server(
-        &self,
-        id: &str,
-        alpn: Option<&[u8]>,
-    ) -> watch::Receiver<Arc<rustls::ServerConfig>> {
-        let provider = Arc::new(aws_lc_rs::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            self.roots(),
-            provider.clone(),
-        )
-        .build()
-        .unwrap();
-        let leaf = self.leaf(id);
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(leaf.chain, leaf.key)
+    /// Credentials for `id` issued by this CA with `validity`, trusting `trust`'s root.
+    pub fn creds(&self, id: &str, validity: Validity, trust: &Pki) -> Credentials {
+        let leaf = self
+            .ca
+            .issue(&SpiffeId::parse(id).unwrap(), &[], validity)
             .unwrap();
-        config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
-        watch::channel(Arc::new(config)).1
+        let bundle = TrustBundle::from_pem(None, trust.ca.root_pem().as_bytes()).unwrap();
+        Credentials::from_pem(
+            leaf.chain_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            vec![bundle],
+        )
+        .unwrap()
     }
 
-    pub fn client(&self, id: &str) -> Arc<TestClientTls> {
-        Arc::new(TestClientTls {
-            roots: self.roots(),
-            leaf: self.leaf(id),
-        })
+    /// TLS configs for `id`, offering the transport-header ALPN.
+    pub fn configs_from(&self, id: &str, validity: Validity, trust: &Pki) -> Arc<TlsConfigs> {
+        Arc::new(TlsConfigs::build(&self.creds(id, validity, trust), &[ALPN.to_vec()]).unwrap())
     }
-}
 
-/// Client TLS for tests. Verifies the chain and the 127.0.0.1 SAN only; the
-/// identity branch's verifier checks the SPIFFE ID.
-pub struct TestClientTls {
-    roots: Arc<rustls::RootCertStore>,
-    leaf: Leaf,
-}
-
-impl ClientTls for TestClientTls {
-    fn config(
-        &self,
-        _identity: &str,
-        alpn: Option<&[u8]>,
-    ) -> Result<Arc<rustls::ClientConfig>, proxy::Error> {
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates(self.roots.clone())
-                .with_client_auth_cert(self.leaf.chain.clone(), self.leaf.key.clone_key())
-                .unwrap();
-        config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
-        Ok(Arc::new(config))
+    /// A credentials watch for `id`, the shape `Inbound`, `Gateway` and
+    /// `Connector` take.
+    pub fn watch(&self, id: &str) -> watch::Receiver<Arc<TlsConfigs>> {
+        watch::channel(self.configs_from(id, Validity::days(1), self)).1
     }
 }
 
@@ -250,6 +183,11 @@ pub fn detect() -> DetectConfig {
 
 impl Mesh {
     pub async fn start(app: SocketAddr) -> Self {
+        Self::start_with(app, Policy::AnyTrusted).await
+    }
+
+    /// A mesh whose gateway admits only identities `policy` allows.
+    pub async fn start_with(app: SocketAddr, policy: Policy) -> Self {
         let pki = Pki::new();
         let (shutdown, rx) = watch::channel(());
         let stop = move || {
@@ -261,7 +199,7 @@ impl Mesh {
         let connect_timeout = Duration::from_secs(5);
 
         // East: the app's sidecar (inbound) and the gateway.
-        let east_connector = Connector::new(connect_timeout, Some(pki.client(GATEWAY_ID)));
+        let east_connector = Connector::new(connect_timeout, Some(pki.watch(GATEWAY_ID)));
         let inbound_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let inbound = inbound_l.local_addr().unwrap();
         let mut reg = Registry::default();
@@ -274,15 +212,16 @@ impl Mesh {
         );
         let inbound_proxy = Inbound::new(
             InboundConfig {
-                app,
+                app: AppTarget::Fixed(app),
                 detect: detect(),
+                policy: Policy::AnyTrusted,
                 accept: AcceptConfig::default(),
                 handshake_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(60),
                 buffer_size: 16 * 1024,
             },
-            pki.server(BOOKS_ID, None),
-            &router,
+            pki.watch(BOOKS_ID),
+            Arc::new(router),
             inbound_metrics,
         );
         tokio::spawn(inbound_proxy.serve(inbound_l, stop()));
@@ -308,14 +247,14 @@ impl Mesh {
         let gw = gateway::Gateway::new(
             gateway::GatewayConfig {
                 cluster_domain: "cluster.local".into(),
-                policy: gateway::Policy::AnyTrusted,
+                policy,
                 handshake_timeout: Duration::from_secs(5),
                 header_timeout: Duration::from_secs(5),
                 accept: AcceptConfig::default(),
                 idle_timeout: Duration::from_secs(60),
                 buffer_size: 16 * 1024,
             },
-            pki.server(GATEWAY_ID, Some(proxy::header::ALPN)),
+            pki.watch(GATEWAY_ID),
             gw_router,
             gw_metrics,
         );
@@ -332,7 +271,7 @@ impl Mesh {
                 ..Endpoint::plain(gateway)
             }],
         );
-        let west_connector = Connector::new(connect_timeout, Some(pki.client(WEB_ID)));
+        let west_connector = Connector::new(connect_timeout, Some(pki.watch(WEB_ID)));
         let west_router = Arc::new(Router::new(
             west_discovery,
             west_connector,

@@ -108,7 +108,7 @@ fn gateway_endpoints_point_at_the_gateway_and_carry_identity() {
     );
     assert_eq!(labels["kubernetes.io/service-name"], "books-east");
     assert_eq!(
-        s.metadata.annotations.as_ref().unwrap()["mirror.meshlink.io/gateway-identity"],
+        s.metadata.annotations.as_ref().unwrap()[api::labels::ENDPOINT_IDENTITY],
         "spiffe://east.example/ns/meshlink/sa/gateway"
     );
     assert_eq!(s.endpoints.len(), 1);

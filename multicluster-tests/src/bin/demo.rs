@@ -12,12 +12,7 @@ fn step(text: &str) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kube_client=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    multicluster_tests::init_tracing();
 
     step("locating Kubernetes binaries (the first run builds them: several minutes)");
     let binaries = Binaries::locate().context("Kubernetes binaries")?;

@@ -184,6 +184,7 @@ impl<T> Drop for Pick<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
     use std::net::SocketAddr;

@@ -10,48 +10,31 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use api::identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 
 use crate::Error;
 use crate::detect::Protocol;
 use crate::discovery::Endpoint;
-use crate::header::{self, TransportTarget};
-
-/// Builds client TLS configurations. The identity module implements this with
-/// rotating credentials and SPIFFE peer verification.
-pub trait ClientTls: Send + Sync + 'static {
-    /// A TLS 1.3 client configuration that presents this proxy's certificate,
-    /// accepts only a peer proving `identity`, and offers `alpn` when given.
-    fn config(
-        &self,
-        identity: &str,
-        alpn: Option<&[u8]>,
-    ) -> Result<Arc<rustls::ClientConfig>, Error>;
-}
+use crate::header;
+use crate::tls::{self, TlsConfigs};
 
 /// Opens upstream connections.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Connector {
     timeout: Duration,
-    tls: Option<Arc<dyn ClientTls>>,
-}
-
-impl std::fmt::Debug for Connector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connector")
-            .field("timeout", &self.timeout)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
+    tls: Option<watch::Receiver<Arc<TlsConfigs>>>,
 }
 
 impl Connector {
-    /// A connector with a connect timeout; without `tls`, meshed endpoints fail.
-    pub fn new(timeout: Duration, tls: Option<Arc<dyn ClientTls>>) -> Self {
+    /// A connector with a connect (and handshake) timeout. `tls` carries this
+    /// proxy's current credentials; its client config must offer the
+    /// transport-header ALPN ([`header::ALPN`]) for gateway endpoints to work.
+    /// Without it, meshed endpoints fail.
+    pub fn new(timeout: Duration, tls: Option<watch::Receiver<Arc<TlsConfigs>>>) -> Self {
         Self { timeout, tls }
     }
 
@@ -74,24 +57,32 @@ impl Connector {
         let Some(identity) = &ep.identity else {
             return Ok(Upstream::Plain(tcp));
         };
-        let tls = self.tls.as_ref().ok_or_else(|| Error::ClientTls {
+        let client_tls = |reason: String| Error::ClientTls {
             identity: identity.clone(),
-            reason: "this proxy has no client TLS configured".into(),
-        })?;
-        let alpn = ep.remote_authority.as_ref().map(|_| header::ALPN);
-        let config = tls.config(identity, alpn)?;
-        let name = ServerName::IpAddress(ep.addr.ip().into());
-        let handshake = TlsConnector::from(config).connect(name, tcp);
-        let mut stream = tokio::time::timeout(self.timeout, handshake)
+            reason,
+        };
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| client_tls("this proxy has no client TLS configured".into()))?;
+        let expected = SpiffeId::parse(identity).map_err(|e| client_tls(e.to_string()))?;
+        // Build the header first: a bad authority fails before any handshake.
+        let header = match &ep.remote_authority {
+            Some(authority) => Some(header::header_for(authority, protocol, hop)?),
+            None => None,
+        };
+        // Pinned to the expected identity inside the handshake, and without
+        // session resumption (a reused address must not inherit an identity).
+        let alpn = header.as_ref().map(|_| header::ALPN);
+        let config = tls.borrow().client_for(&expected, alpn);
+        let (mut stream, _) = tls::connect(config, tcp, &expected, self.timeout)
             .await
-            .map_err(|_| Error::ConnectTimeout(ep.addr))?
             .map_err(|source| Error::Tls {
                 addr: ep.addr,
                 source,
             })?;
-        if let Some(authority) = &ep.remote_authority {
-            let target = TransportTarget::new(authority, protocol, hop)?;
-            stream.write_all(&target.encode()).await?;
+        if let Some(header) = header {
+            tls::write_header(&mut stream, &header).await?;
         }
         Ok(Upstream::Tls(Box::new(stream)))
     }

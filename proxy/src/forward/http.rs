@@ -154,7 +154,7 @@ async fn proxy_request(
     ctx: &ForwardContext,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    let labels = ctx.metrics.request(ctx.direction, &target.name);
+    let labels = ctx.metrics.request(ctx.listener, &target.name);
     let Some(pick) = target.balancer.pick() else {
         ctx.metrics.response(&labels, Some(503), start.elapsed());
         return status(StatusCode::SERVICE_UNAVAILABLE);

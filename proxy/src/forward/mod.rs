@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::accept::Drain;
 use crate::detect::Protocol;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Listener, Metrics};
 use crate::route::Target;
 
 /// What forwarding needs besides the target: metrics and timeouts.
@@ -23,7 +23,7 @@ pub struct ForwardContext {
     /// The data-plane metrics.
     pub metrics: Arc<Metrics>,
     /// Which listener this is.
-    pub direction: Direction,
+    pub listener: Listener,
     /// How long an opaque connection may carry no bytes before it is closed.
     pub idle_timeout: Duration,
     /// Per-direction copy buffer for opaque connections.
@@ -45,7 +45,7 @@ pub async fn forward<I>(
         if let Err(error) = http::serve(io, protocol, target.clone(), ctx, drain).await {
             tracing::debug!(target = %target.name, %error, "HTTP connection ended with an error");
         }
-        ctx.metrics.tcp_close(ctx.direction, 0, 0);
+        ctx.metrics.tcp_close(ctx.listener, 0, 0);
     } else if let Err(error) = tcp::proxy(io, &target, ctx).await {
         tracing::info!(target = %target.name, %error, "opaque connection failed");
     }

@@ -19,11 +19,17 @@ pub async fn proxy<I>(io: I, target: &Target, ctx: &ForwardContext) -> Result<()
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let pick = target
-        .balancer
-        .pick()
-        .ok_or_else(|| Error::NoEndpoints(target.name.clone()))?;
-    let upstream = pick.service().opaque().open().await?;
+    let Some(pick) = target.balancer.pick() else {
+        ctx.metrics.tcp_close(ctx.listener, 0, 0);
+        return Err(Error::NoEndpoints(target.name.clone()));
+    };
+    let upstream = match pick.service().opaque().open().await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            ctx.metrics.tcp_close(ctx.listener, 0, 0);
+            return Err(error);
+        }
+    };
     pick.record();
     let epoch = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
@@ -53,7 +59,7 @@ where
         }
     };
     ctx.metrics
-        .tcp_close(ctx.direction, client.read, client.written);
+        .tcp_close(ctx.listener, client.read, client.written);
     result.map_err(Error::from)
 }
 

@@ -10,6 +10,7 @@
 
 mod creds;
 mod handshake;
+mod header;
 mod rotate;
 mod verify;
 
@@ -18,7 +19,8 @@ mod tests;
 
 pub use creds::{BundleFile, CredentialFiles, Credentials, TrustBundle, provider};
 pub use handshake::{HandshakeError, accept, connect, peer_id};
-pub use rotate::{CredentialWatch, SpiffeClientTls, TlsConfigs, watch_credentials};
+pub use header::{ReadHeaderError, read_header, write_header};
+pub use rotate::{CredentialWatch, TlsConfigs, watch_credentials};
 pub use verify::{IdPattern, Policy, RejectReason, spiffe_id_of};
 
 use std::path::PathBuf;

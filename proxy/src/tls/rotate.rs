@@ -77,14 +77,6 @@ impl CredentialWatch {
     pub fn current(&self) -> Arc<TlsConfigs> {
         self.configs.borrow().clone()
     }
-
-    /// The request path's client TLS (`proxy::forward::connect::ClientTls`),
-    /// following rotation.
-    pub fn client_tls(&self) -> Arc<SpiffeClientTls> {
-        Arc::new(SpiffeClientTls {
-            configs: self.configs.clone(),
-        })
-    }
 }
 
 /// Loads the files now (failing if they are bad) and spawns a task that reloads
@@ -130,35 +122,6 @@ pub fn watch_credentials(
     })
 }
 
-/// [`ClientTls`](crate::forward::connect::ClientTls) over rotating credentials:
-/// each call takes the newest generation and pins the expected SPIFFE ID.
-#[derive(Debug, Clone)]
-pub struct SpiffeClientTls {
-    configs: watch::Receiver<Arc<TlsConfigs>>,
-}
-
-impl SpiffeClientTls {
-    /// Client TLS from fixed credentials (tests, one-shot tools).
-    pub fn fixed(creds: Credentials) -> Result<Self, TlsError> {
-        let (_, configs) = watch::channel(Arc::new(TlsConfigs::build(&creds, &[])?));
-        Ok(Self { configs })
-    }
-}
-
-impl crate::forward::connect::ClientTls for SpiffeClientTls {
-    fn config(
-        &self,
-        identity: &str,
-        alpn: Option<&[u8]>,
-    ) -> Result<Arc<ClientConfig>, crate::Error> {
-        let expected = SpiffeId::parse(identity).map_err(|e| crate::Error::ClientTls {
-            identity: identity.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Ok(self.configs.borrow().client_for(&expected, alpn))
-    }
-}
-
 /// File contents (or read errors) used to detect changes.
 fn snapshot(files: &CredentialFiles) -> Vec<Option<Vec<u8>>> {
     let paths = [&files.cert_chain, &files.key]
@@ -167,11 +130,23 @@ fn snapshot(files: &CredentialFiles) -> Vec<Option<Vec<u8>>> {
     paths.map(|p| std::fs::read(p).ok()).collect()
 }
 
+/// Our leaf's serial. Also warns when the leaf is outside its validity window:
+/// peers will refuse it, and the log should say why before they do.
 fn leaf_serial(creds: &Credentials) -> Vec<u8> {
     use x509_parser::prelude::{FromDer, X509Certificate};
-    X509Certificate::from_der(creds.leaf().as_ref())
-        .map(|(_, c)| c.raw_serial().to_vec())
-        .unwrap_or_default()
+    let Ok((_, cert)) = X509Certificate::from_der(creds.leaf().as_ref()) else {
+        return Vec::new();
+    };
+    if !cert.validity().is_valid() {
+        let validity = cert.validity();
+        tracing::warn!(
+            id = %creds.local_id(),
+            not_before = %validity.not_before,
+            not_after = %validity.not_after,
+            "local TLS certificate is outside its validity window"
+        );
+    }
+    cert.raw_serial().to_vec()
 }
 
 fn hex(bytes: &[u8]) -> String {

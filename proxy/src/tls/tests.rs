@@ -127,9 +127,7 @@ async fn mutual_tls_sees_both_identities() {
 
 #[tokio::test]
 async fn transport_header_follows_alpn_and_leaves_session_bytes() {
-    use crate::detect::Protocol;
-    use crate::forward::connect::ClientTls;
-    use crate::header::{self, ALPN, TransportTarget};
+    use api::transport_header::{ALPN, SessionProtocol, TargetName, TransportHeader};
     let ca = root();
     let server = creds(
         &leaf(&ca, SERVER, Validity::days(1)),
@@ -144,42 +142,47 @@ async fn transport_header_follows_alpn_and_leaves_session_bytes() {
             .await
             .unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN));
-        let target = header::read(&mut tls).await.unwrap();
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        let header = read_header(&mut tls, deadline).await.unwrap();
         let mut session = Vec::new();
         tls.read_to_end(&mut session).await.unwrap();
-        (target, session)
+        (header, session)
     });
-    let sent =
-        TransportTarget::new("books.shop.svc.cluster.local:8080", Protocol::Http1, 0).unwrap();
-    let client = SpiffeClientTls::fixed(creds(
+    let sent = TransportHeader {
+        name: TargetName::parse("books.shop.svc.cluster.local").unwrap(),
+        port: 8080.try_into().unwrap(),
+        protocol: SessionProtocol::Http1,
+        hops: 0,
+    };
+    let client = creds(
         &leaf(&ca, CLIENT, Validity::days(1)),
         vec![bundle(&ca, None)],
-    ))
-    .unwrap();
-    let config = client.config(SERVER, Some(ALPN)).unwrap();
+    );
+    let config = TlsConfigs::build(&client, &[])
+        .unwrap()
+        .client_for(&id(SERVER), Some(ALPN));
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut tls, _) = connect(config, tcp, &id(SERVER), LIMIT).await.unwrap();
-    tls.write_all(&sent.encode()).await.unwrap();
+    write_header(&mut tls, &sent).await.unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     tls.shutdown().await.unwrap();
-    let (target, session) = task.await.unwrap();
-    assert_eq!(target, sent);
+    let (header, session) = task.await.unwrap();
+    assert_eq!(header, sent);
     assert_eq!(session, b"GET / HTTP/1.1\r\n\r\n");
 }
 
 #[tokio::test]
-async fn request_path_client_tls_pins_the_expected_identity_in_the_handshake() {
-    use crate::forward::connect::ClientTls;
+async fn client_for_pins_the_expected_identity_in_the_handshake() {
     let ca = root();
     let p = pair(&ca);
-    let client = SpiffeClientTls::fixed(creds(
+    let client = creds(
         &leaf(&ca, CLIENT, Validity::days(1)),
         vec![bundle(&ca, None)],
-    ))
-    .unwrap();
-    // The request path connects by IP and relies on the verifier alone.
+    );
+    let configs = TlsConfigs::build(&client, &[]).unwrap();
+    // Connecting by IP, with only the verifier to check who answers.
     let handshake = |expected: &str| {
-        let config = client.config(expected, None).unwrap();
+        let config = configs.client_for(&id(expected), None);
         let server = p.server.clone();
         async move {
             let (addr, _task) = serve_once(server, Policy::AnyTrusted).await;
@@ -196,7 +199,6 @@ async fn request_path_client_tls_pins_the_expected_identity_in_the_handshake() {
         .await
         .unwrap_err();
     assert_eq!(RejectReason::from_io(&err), RejectReason::IdentityMismatch);
-    assert!(client.config("not-a-spiffe-id", None).is_err());
 }
 
 #[tokio::test]

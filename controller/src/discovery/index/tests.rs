@@ -44,8 +44,8 @@ fn slice(svc: &str, name: &str, eps: &[(&str, &str, bool)]) -> EndpointSlice {
         metadata: meta(
             "shop",
             name,
-            &[(SERVICE_NAME_LABEL, svc)],
-            &[(IDENTITY_ANNOTATION, "spiffe://td/ns/shop/sa/books")],
+            &[(SERVICE_NAME, svc)],
+            &[(ENDPOINT_IDENTITY, "spiffe://td/ns/shop/sa/books")],
         ),
         address_type: "IPv4".into(),
         ports: Some(vec![EndpointPort {
@@ -190,8 +190,8 @@ fn not_ready_endpoints_are_left_out_and_changes_notify_once() {
 #[test]
 fn mirrors_are_tier_two_with_the_remote_authority() {
     let mut index = Index::new("west", "cluster.local");
-    let labels = [(MIRROR_CLUSTER_LABEL, "east")];
-    let annotations = [(MIRROR_REMOTE_NAME, "books.shop.svc.cluster.local")];
+    let labels = [(CLUSTER_NAME, "east")];
+    let annotations = [(REMOTE_SVC_FQ_NAME, "books.shop.svc.cluster.local")];
     index.apply_service(&service("books-east", "10.0.0.9", &labels, &annotations));
     index.apply_slice(&slice(
         "books-east",

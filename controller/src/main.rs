@@ -1,0 +1,113 @@
+//! The `controller` binary: one cluster's control plane. Today it serves
+//! discovery; failover and identity join it as they are built.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use controller::discovery::Discovery;
+use prometheus_client::registry::Registry;
+use proxy::admin::{self, AdminState};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// meshlink's per-cluster control plane.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// This cluster's name, as other clusters' Links call it.
+    #[arg(long, env = "MESHLINK_CLUSTER_NAME")]
+    cluster_name: String,
+    /// This cluster's DNS domain.
+    #[arg(long, env = "MESHLINK_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Where proxies reach the discovery gRPC API.
+    #[arg(long, env = "MESHLINK_DISCOVERY_ADDR", default_value = "0.0.0.0:8086")]
+    discovery_addr: SocketAddr,
+    /// The admin server (/ready, /live, /metrics).
+    #[arg(long, env = "MESHLINK_ADMIN_ADDR", default_value = "0.0.0.0:9990")]
+    admin_addr: SocketAddr,
+    /// A kubeconfig for the cluster; without it, KUBECONFIG or the in-cluster
+    /// service account is used.
+    #[arg(long, env = "MESHLINK_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(error) = admin::init_tracing() {
+        eprintln!("controller: {error}");
+        return ExitCode::from(2);
+    }
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the runtime")
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding cluster credentials (set --kubeconfig)")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    proxy::tls::install_default_provider();
+    let client = client(args.kubeconfig).await?;
+    let signal = admin::shutdown_signal().context("installing signal handlers")?;
+    let discovery_l = TcpListener::bind(args.discovery_addr)
+        .await
+        .with_context(|| format!("binding {}", args.discovery_addr))?;
+    let admin_l = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding {}", args.admin_addr))?;
+
+    let mut registry = Registry::default();
+    let discovery = Discovery::start(
+        client,
+        &args.cluster_name,
+        &args.cluster_domain,
+        registry.sub_registry_with_prefix("discovery"),
+    );
+    let state = AdminState {
+        registry: Arc::new(registry),
+        ready: discovery.ready(),
+    };
+    tracing::info!(discovery = %args.discovery_addr, admin = %args.admin_addr, cluster = %args.cluster_name, "controller listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut admin_stop = stop_rx.clone();
+    let server = tokio::spawn(discovery.serve(discovery_l, stop_rx));
+    let admin = tokio::spawn(admin::serve(admin_l, state, async move {
+        let _ = admin_stop.wait_for(|s| *s).await;
+    }));
+
+    let name = signal.await;
+    tracing::info!(signal = name, "shutting down");
+    stop_tx.send_replace(true);
+    server
+        .await
+        .context("discovery task")?
+        .context("discovery server")?;
+    admin.await.context("admin task")??;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Command-line and environment configuration of the `gateway` binary, parsed
+//! into a [`GatewayConfig`] and validated before any port is bound. TLS files and
+//! limits share the proxy's flag groups.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use proxy::config::{LimitArgs, TlsArgs};
+
+use crate::GatewayConfig;
+
+/// The `gateway` binary.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", about = "meshlink cross-cluster mTLS gateway")]
+pub struct GatewayArgs {
+    /// The mTLS listener other clusters connect to.
+    #[arg(long, env = "MESHLINK_GATEWAY_ADDR", default_value = "0.0.0.0:4143")]
+    pub addr: SocketAddr,
+    /// Admin listener (/ready, /live, /metrics).
+    #[arg(long, env = "MESHLINK_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
+    pub admin_addr: SocketAddr,
+    /// This cluster's domain; only targets under `svc.<domain>` are served.
+    #[arg(long, env = "MESHLINK_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Static discovery file (YAML or JSON) resolving local targets.
+    #[arg(long, env = "MESHLINK_DISCOVERY_FILE")]
+    pub discovery_file: PathBuf,
+    /// The transport header must arrive within this after the handshake, in ms.
+    #[arg(long, env = "MESHLINK_HEADER_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_timeout_ms: u64,
+    /// TLS credentials.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Timeouts, limits and the peer policy.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+impl GatewayArgs {
+    /// Parses and validates everything but the files (read by the caller).
+    pub fn config(&self) -> Result<GatewayConfig, proxy::Error> {
+        let domain = self.cluster_domain.trim_matches('.');
+        if domain.is_empty() || api::transport_header::TargetName::parse(domain).is_err() {
+            return Err(proxy::Error::Config(format!(
+                "cluster-domain {:?} is not a DNS name",
+                self.cluster_domain
+            )));
+        }
+        if self.addr.port() == self.admin_addr.port() && self.addr.port() != 0 {
+            return Err(proxy::Error::Config(
+                "addr and admin-addr ports must differ".into(),
+            ));
+        }
+        if self.header_timeout_ms == 0 {
+            return Err(proxy::Error::Config(
+                "header-timeout-ms must be greater than zero".into(),
+            ));
+        }
+        let (_, handshake_timeout, idle_timeout) = self.limits.timeouts()?;
+        Ok(GatewayConfig {
+            cluster_domain: domain.to_string(),
+            policy: self.limits.policy()?,
+            handshake_timeout,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            accept: self.limits.accept()?,
+            idle_timeout,
+            buffer_size: self.limits.buffer()?,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<GatewayConfig, String> {
+        let mut argv = vec![
+            "gateway",
+            "--discovery-file",
+            "d.yaml",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--tls-trust",
+            "r",
+        ];
+        argv.extend_from_slice(args);
+        GatewayArgs::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .config()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_policy() {
+        let c = parse(&["--allow-identity", "spiffe://west.example/ns/shop/*"]).unwrap();
+        assert_eq!(c.cluster_domain, "cluster.local");
+        assert!(matches!(c.policy, proxy::tls::Policy::Allow(ref p) if p.len() == 1));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(
+            parse(&["--cluster-domain", "Bad_Domain"])
+                .unwrap_err()
+                .contains("cluster-domain")
+        );
+        assert!(
+            parse(&["--addr", "0.0.0.0:4191"])
+                .unwrap_err()
+                .contains("ports must differ")
+        );
+        assert!(
+            parse(&["--header-timeout-ms", "0"])
+                .unwrap_err()
+                .contains("header-timeout-ms")
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! Command-line and environment configuration of the proxy and gateway binaries.
+//! clap reads flags with `MESHLINK_*` environment fallbacks; everything is then
+//! parsed into the plain config structs the listeners take and validated before
+//! any port is bound, so a bad value exits with a usage error naming it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::Error;
+use crate::accept::AcceptConfig;
+use crate::detect::DetectConfig;
+use crate::discovery::StaticDiscovery;
+use crate::inbound::{AppTarget, InboundConfig};
+use crate::init::InitConfig;
+use crate::outbound::{OutboundConfig, TargetMode};
+use crate::tls::{
+    BundleFile, CredentialFiles, CredentialWatch, IdPattern, Policy, watch_credentials,
+};
+
+/// The `proxy` binary.
+#[derive(Debug, Parser)]
+#[command(name = "proxy", about = "meshlink sidecar proxy")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The `proxy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Run(Box<RunArgs>),
+    /// Write the iptables rules for transparent interception, then exit.
+    Init(InitArgs),
+}
+
+/// TLS credential files, shared by proxy and gateway.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain of this workload (leaf first).
+    #[arg(long, env = "MESHLINK_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of this workload.
+    #[arg(long, env = "MESHLINK_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// PEM trust bundle(s): roots peers must chain to.
+    #[arg(long, env = "MESHLINK_TLS_TRUST", required = true)]
+    pub tls_trust: Vec<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files to load and watch. Bundles carry no trust-domain restriction.
+    pub fn files(&self) -> CredentialFiles {
+        CredentialFiles {
+            cert_chain: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            bundles: self
+                .tls_trust
+                .iter()
+                .map(|path| BundleFile {
+                    path: path.clone(),
+                    trust_domain: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Loads what every data-plane binary needs before binding: the discovery file
+/// and the credentials (watched for rotation every `poll`), with client and
+/// server configs offering the transport-header ALPN.
+pub fn load(
+    discovery_file: &Path,
+    tls: &TlsArgs,
+    poll: Duration,
+) -> Result<(Arc<StaticDiscovery>, CredentialWatch), Error> {
+    let discovery = Arc::new(StaticDiscovery::from_file(discovery_file)?);
+    let creds = watch_credentials(tls.files(), vec![crate::header::ALPN.to_vec()], poll)?;
+    Ok((discovery, creds))
+}
+
+/// Timeouts and limits, shared by proxy and gateway.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Connect timeout to upstream endpoints, in milliseconds.
+    #[arg(long, env = "MESHLINK_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
+    pub connect_timeout_ms: u64,
+    /// TLS handshake timeout, in milliseconds.
+    #[arg(long, env = "MESHLINK_HANDSHAKE_TIMEOUT_MS", default_value_t = 5000)]
+    pub handshake_timeout_ms: u64,
+    /// Opaque connections idle this long are closed, in seconds.
+    #[arg(long, env = "MESHLINK_IDLE_TIMEOUT_S", default_value_t = 3600)]
+    pub idle_timeout_s: u64,
+    /// Peer identities allowed to connect (SPIFFE IDs, a trailing `*` matches a
+    /// prefix); repeatable. None given: any identity from a trusted bundle.
+    #[arg(
+        long = "allow-identity",
+        env = "MESHLINK_ALLOW_IDENTITIES",
+        value_delimiter = ','
+    )]
+    pub allow_identities: Vec<String>,
+    /// Time allowed to drain after SIGTERM, in seconds.
+    #[arg(long, env = "MESHLINK_DRAIN_DEADLINE_S", default_value_t = 30)]
+    pub drain_deadline_s: u64,
+    /// Connections served at once per listener.
+    #[arg(long, env = "MESHLINK_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Copy buffer per direction for opaque connections, in bytes.
+    #[arg(long, env = "MESHLINK_BUFFER_BYTES", default_value_t = 16 * 1024)]
+    pub buffer_bytes: usize,
+}
+
+impl LimitArgs {
+    /// Validated connection limits.
+    pub fn accept(&self) -> Result<AcceptConfig, Error> {
+        nonzero("max-connections", self.max_connections as u64)?;
+        Ok(AcceptConfig {
+            max_connections: self.max_connections,
+            drain_deadline: Duration::from_secs(self.drain_deadline_s),
+        })
+    }
+
+    /// Validated `(connect, handshake, idle)` timeouts.
+    pub fn timeouts(&self) -> Result<(Duration, Duration, Duration), Error> {
+        nonzero("connect-timeout-ms", self.connect_timeout_ms)?;
+        nonzero("handshake-timeout-ms", self.handshake_timeout_ms)?;
+        nonzero("idle-timeout-s", self.idle_timeout_s)?;
+        Ok((
+            Duration::from_millis(self.connect_timeout_ms),
+            Duration::from_millis(self.handshake_timeout_ms),
+            Duration::from_secs(self.idle_timeout_s),
+        ))
+    }
+
+    /// The peer policy from `--allow-identity`.
+    pub fn policy(&self) -> Result<Policy, Error> {
+        if self.allow_identities.is_empty() {
+            return Ok(Policy::AnyTrusted);
+        }
+        let patterns = self.allow_identities.iter().map(|p| {
+            IdPattern::parse(p).map_err(|e| Error::Config(format!("allow-identity {p:?}: {e}")))
+        });
+        Ok(Policy::Allow(patterns.collect::<Result<_, _>>()?))
+    }
+
+    /// The validated opaque copy buffer size.
+    pub fn buffer(&self) -> Result<usize, Error> {
+        if !(1024..=1 << 20).contains(&self.buffer_bytes) {
+            return Err(Error::Config(format!(
+                "buffer-bytes {} is outside 1024..=1048576",
+                self.buffer_bytes
+            )));
+        }
+        Ok(self.buffer_bytes)
+    }
+}
+
+/// `proxy run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Outbound listener (iptables redirects app traffic here).
+    #[arg(long, env = "MESHLINK_OUTBOUND_ADDR", default_value = "127.0.0.1:4140")]
+    pub outbound_addr: SocketAddr,
+    /// Inbound mTLS listener.
+    #[arg(long, env = "MESHLINK_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    pub inbound_addr: SocketAddr,
+    /// Admin listener (/ready, /live, /metrics).
+    #[arg(long, env = "MESHLINK_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
+    pub admin_addr: SocketAddr,
+    /// Where the local app listens; inbound traffic goes here. Without it,
+    /// inbound traffic goes to 127.0.0.1 at its original destination port
+    /// (transparent mode, after `proxy init`).
+    #[arg(long, env = "MESHLINK_APP_ADDR")]
+    pub app_addr: Option<SocketAddr>,
+    /// Send every outbound connection to this `name:port` instead of its
+    /// original destination (explicit-proxy mode, for tests and demos).
+    #[arg(long, env = "MESHLINK_OUTBOUND_TARGET")]
+    pub outbound_target: Option<String>,
+    /// Static discovery file (YAML or JSON).
+    #[arg(long, env = "MESHLINK_DISCOVERY_FILE")]
+    pub discovery_file: PathBuf,
+    /// Destination ports never detected (always opaque), comma-separated.
+    #[arg(long, env = "MESHLINK_OPAQUE_PORTS", value_delimiter = ',')]
+    pub opaque_ports: Vec<u16>,
+    /// How long to wait for a client's first bytes before deciding opaque, in ms.
+    #[arg(long, env = "MESHLINK_DETECT_TIMEOUT_MS", default_value_t = 1000)]
+    pub detect_timeout_ms: u64,
+    /// TLS credentials.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Timeouts and limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// `proxy run`, parsed and validated.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The outbound listener's settings.
+    pub outbound: OutboundConfig,
+    /// The inbound listener's settings.
+    pub inbound: InboundConfig,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl RunArgs {
+    /// Parses and validates everything but the files (read by the caller).
+    pub fn config(&self) -> Result<ProxyConfig, Error> {
+        let Self {
+            outbound_addr,
+            inbound_addr,
+            admin_addr,
+            app_addr,
+            outbound_target,
+            discovery_file: _,
+            opaque_ports,
+            detect_timeout_ms,
+            tls: _,
+            limits,
+        } = self;
+        let addrs = [outbound_addr, inbound_addr, admin_addr];
+        let ports: HashSet<_> = addrs.iter().map(|a| a.port()).collect();
+        if ports.len() != addrs.len() && !ports.contains(&0) {
+            return Err(Error::Config(
+                "outbound, inbound and admin ports must differ".into(),
+            ));
+        }
+        nonzero("detect-timeout-ms", *detect_timeout_ms)?;
+        let detect = DetectConfig {
+            timeout: Duration::from_millis(*detect_timeout_ms),
+            opaque_ports: opaque_ports.iter().copied().collect(),
+            ..DetectConfig::default()
+        };
+        let target = match outbound_target {
+            Some(t)
+                if t.rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err()) =>
+            {
+                return Err(Error::Config(format!(
+                    "outbound-target {t:?} is not name:port"
+                )));
+            }
+            Some(t) => TargetMode::Fixed(t.clone()),
+            None => TargetMode::OriginalDst,
+        };
+        let (connect_timeout, handshake_timeout, idle_timeout) = limits.timeouts()?;
+        let (accept, buffer_size) = (limits.accept()?, limits.buffer()?);
+        Ok(ProxyConfig {
+            outbound: OutboundConfig {
+                target,
+                detect: detect.clone(),
+                accept,
+                idle_timeout,
+                buffer_size,
+            },
+            inbound: InboundConfig {
+                app: app_addr.map_or(AppTarget::OriginalDstPort, AppTarget::Fixed),
+                detect,
+                policy: limits.policy()?,
+                accept,
+                handshake_timeout,
+                idle_timeout,
+                buffer_size,
+            },
+            connect_timeout,
+        })
+    }
+}
+
+/// `proxy init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The uid the proxy runs as (its traffic is not redirected).
+    #[arg(long, env = "MESHLINK_PROXY_UID", default_value_t = 2102)]
+    pub proxy_uid: u32,
+    /// Inbound listener port.
+    #[arg(long, env = "MESHLINK_INBOUND_PORT", default_value_t = 4143)]
+    pub inbound_port: u16,
+    /// Outbound listener port.
+    #[arg(long, env = "MESHLINK_OUTBOUND_PORT", default_value_t = 4140)]
+    pub outbound_port: u16,
+    /// Inbound ports left alone, comma-separated (the admin port by default).
+    #[arg(
+        long,
+        env = "MESHLINK_SKIP_INBOUND_PORTS",
+        value_delimiter = ',',
+        default_value = "4191"
+    )]
+    pub skip_inbound_ports: Vec<u16>,
+    /// Outbound ports left alone, comma-separated.
+    #[arg(long, env = "MESHLINK_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
+    pub skip_outbound_ports: Vec<u16>,
+    /// Print the rules instead of applying them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl InitArgs {
+    /// The validated init configuration.
+    pub fn config(&self) -> Result<InitConfig, Error> {
+        if self.inbound_port == 0
+            || self.outbound_port == 0
+            || self.inbound_port == self.outbound_port
+        {
+            return Err(Error::Config(
+                "inbound and outbound ports must be distinct and nonzero".into(),
+            ));
+        }
+        Ok(InitConfig {
+            proxy_uid: self.proxy_uid,
+            inbound_port: self.inbound_port,
+            outbound_port: self.outbound_port,
+            skip_inbound_ports: self.skip_inbound_ports.clone(),
+            skip_outbound_ports: self.skip_outbound_ports.clone(),
+        })
+    }
+}
+
+fn nonzero(name: &str, v: u64) -> Result<(), Error> {
+    if v == 0 {
+        return Err(Error::Config(format!("{name} must be greater than zero")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<ProxyConfig, String> {
+        let mut argv = vec![
+            "proxy",
+            "run",
+            "--app-addr",
+            "127.0.0.1:8080",
+            "--discovery-file",
+            "d.yaml",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-trust",
+            "r.pem",
+        ];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Run(r) => r.config().map_err(|e| e.to_string()),
+            Command::Init(_) => Err("init".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.outbound.target, TargetMode::OriginalDst);
+        assert_eq!(
+            c.inbound.app,
+            AppTarget::Fixed("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(c.outbound.detect.timeout, Duration::from_secs(1));
+        assert_eq!(c.inbound.policy, Policy::AnyTrusted);
+    }
+
+    #[test]
+    fn opaque_ports_and_fixed_target() {
+        let c = run(&[
+            "--opaque-ports",
+            "3306,5432",
+            "--outbound-target",
+            "books.svc:80",
+        ])
+        .unwrap();
+        assert!(c.outbound.detect.opaque_ports.contains(&5432));
+        assert_eq!(c.outbound.target, TargetMode::Fixed("books.svc:80".into()));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(
+            run(&["--detect-timeout-ms", "0"])
+                .unwrap_err()
+                .contains("detect-timeout-ms")
+        );
+        assert!(
+            run(&["--outbound-target", "noport"])
+                .unwrap_err()
+                .contains("outbound-target")
+        );
+        assert!(
+            run(&["--inbound-addr", "0.0.0.0:4191"])
+                .unwrap_err()
+                .contains("must differ")
+        );
+        assert!(
+            run(&["--opaque-ports", "x"])
+                .unwrap_err()
+                .contains("opaque-ports")
+        );
+        assert!(
+            run(&["--buffer-bytes", "1"])
+                .unwrap_err()
+                .contains("buffer-bytes")
+        );
+    }
+}

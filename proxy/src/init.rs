@@ -1,0 +1,165 @@
+//! `proxy init`: the iptables rules that make interception transparent. Run once in
+//! the pod's network namespace before the app starts. Inbound TCP is redirected to
+//! the inbound listener, outbound TCP to the outbound listener; the proxy's own
+//! traffic is recognised by its uid (`-m owner --uid-owner`) and left alone, so it
+//! does not loop through itself. Rules are generated as data first ([`rules`]),
+//! so they are unit-tested without a kernel, then applied by running `iptables`.
+
+use std::process::Command;
+
+use crate::Error;
+
+/// The nat chain holding the inbound rules.
+pub const INBOUND_CHAIN: &str = "MESHLINK_INBOUND";
+/// The nat chain holding the outbound rules.
+pub const OUTBOUND_CHAIN: &str = "MESHLINK_OUTPUT";
+
+/// What to intercept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitConfig {
+    /// The uid the proxy runs as; its traffic is never redirected.
+    pub proxy_uid: u32,
+    /// The inbound listener's port.
+    pub inbound_port: u16,
+    /// The outbound listener's port.
+    pub outbound_port: u16,
+    /// Inbound destination ports not intercepted (the admin port, say).
+    pub skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports not intercepted.
+    pub skip_outbound_ports: Vec<u16>,
+}
+
+/// The iptables argument lists, in order, that set up interception.
+pub fn rules(c: &InitConfig) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rule = |args: &[&str]| {
+        let mut v = vec!["-t".to_string(), "nat".to_string()];
+        v.extend(args.iter().map(|a| a.to_string()));
+        out.push(v);
+    };
+    rule(&["-N", INBOUND_CHAIN]);
+    for port in &c.skip_inbound_ports {
+        rule(&[
+            "-A",
+            INBOUND_CHAIN,
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "RETURN",
+        ]);
+    }
+    let inbound = c.inbound_port.to_string();
+    rule(&[
+        "-A",
+        INBOUND_CHAIN,
+        "-p",
+        "tcp",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &inbound,
+    ]);
+    rule(&["-A", "PREROUTING", "-p", "tcp", "-j", INBOUND_CHAIN]);
+
+    rule(&["-N", OUTBOUND_CHAIN]);
+    let uid = c.proxy_uid.to_string();
+    rule(&[
+        "-A",
+        OUTBOUND_CHAIN,
+        "-m",
+        "owner",
+        "--uid-owner",
+        &uid,
+        "-j",
+        "RETURN",
+    ]);
+    // The app talking to itself (and the proxy handing traffic to the app) stays local.
+    rule(&["-A", OUTBOUND_CHAIN, "-d", "127.0.0.1/32", "-j", "RETURN"]);
+    for port in &c.skip_outbound_ports {
+        rule(&[
+            "-A",
+            OUTBOUND_CHAIN,
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "RETURN",
+        ]);
+    }
+    let outbound = c.outbound_port.to_string();
+    rule(&[
+        "-A",
+        OUTBOUND_CHAIN,
+        "-p",
+        "tcp",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &outbound,
+    ]);
+    rule(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTBOUND_CHAIN]);
+    out
+}
+
+/// Applies [`rules`] by running `program` (e.g. `["iptables"]`, or
+/// `["ip", "netns", "exec", "pod", "iptables"]`) once per rule.
+pub fn apply(c: &InitConfig, program: &[&str]) -> Result<(), Error> {
+    let (bin, prefix) = program
+        .split_first()
+        .ok_or_else(|| Error::Config("empty iptables command".into()))?;
+    for args in rules(c) {
+        let status = Command::new(bin).args(prefix).args(&args).status()?;
+        if !status.success() {
+            return Err(Error::Config(format!(
+                "`{} {}` failed: {status}",
+                program.join(" "),
+                args.join(" ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
+mod tests {
+    use super::*;
+
+    fn config() -> InitConfig {
+        InitConfig {
+            proxy_uid: 2102,
+            inbound_port: 4143,
+            outbound_port: 4140,
+            skip_inbound_ports: vec![4191],
+            skip_outbound_ports: vec![],
+        }
+    }
+
+    /// The index of `rule` in the generated list (panics if missing).
+    fn position(rule: &str) -> usize {
+        let rules: Vec<String> = rules(&config()).iter().map(|r| r.join(" ")).collect();
+        rules
+            .iter()
+            .position(|r| r == rule)
+            .unwrap_or_else(|| panic!("no {rule:?} in {rules:#?}"))
+    }
+
+    #[test]
+    fn proxy_uid_returns_before_the_outbound_redirect() {
+        let owner = position("-t nat -A MESHLINK_OUTPUT -m owner --uid-owner 2102 -j RETURN");
+        let redirect = position("-t nat -A MESHLINK_OUTPUT -p tcp -j REDIRECT --to-ports 4140");
+        assert!(owner < redirect);
+        assert!(position("-t nat -A OUTPUT -p tcp -j MESHLINK_OUTPUT") > redirect);
+    }
+
+    #[test]
+    fn admin_port_skips_inbound_redirect() {
+        let skip = position("-t nat -A MESHLINK_INBOUND -p tcp --dport 4191 -j RETURN");
+        let redirect = position("-t nat -A MESHLINK_INBOUND -p tcp -j REDIRECT --to-ports 4143");
+        assert!(skip < redirect);
+        assert!(position("-t nat -A PREROUTING -p tcp -j MESHLINK_INBOUND") > redirect);
+    }
+}
