@@ -586,7 +586,7 @@ async fn export_update_unexport_delete_and_link_delete() {
         "mirror.meshlink.io"
     );
     assert_eq!(
-        slice.metadata.annotations.unwrap()["mirror.meshlink.io/gateway-identity"],
+        slice.metadata.annotations.unwrap()[api::labels::ENDPOINT_IDENTITY],
         "spiffe://east.example/ns/meshlink/sa/gateway"
     );
     let status = env
