@@ -24,8 +24,9 @@ use crate::error::Error;
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::session::{Session, SessionConfig};
-use crate::tls::{ClientIdentity, client_config, parse_certs};
 use crate::writer::delete_all_mirrors;
+use api::identity::SpiffeId;
+use proxy::tls::{Credentials, TrustBundle};
 
 /// Name used for Events, the Lease prefix and logs.
 pub const CONTROLLER_NAME: &str = "meshlink-mirror";
@@ -41,12 +42,23 @@ pub struct Options {
     pub identity: String,
     /// Lease validity.
     pub lease_duration: Duration,
-    /// Trust roots for the gateway, added to the Link's remote bundle.
-    pub trust_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// Client certificate presented to gateways.
-    pub client_identity: Option<ClientIdentity>,
+    /// The controller's own credentials for probing gateways (`None`: no probes,
+    /// gateway endpoints stay not ready).
+    pub probe_identity: Option<ProbeIdentity>,
     /// Session knobs.
     pub session: SessionConfig,
+}
+
+/// PEM credentials presented to gateways; the Link's remote trust bundle is
+/// added to `bundles` per session.
+#[derive(Clone, Debug)]
+pub struct ProbeIdentity {
+    /// Leaf first, then intermediates.
+    pub chain_pem: Vec<u8>,
+    /// Private key.
+    pub key_pem: Vec<u8>,
+    /// The local mesh's trust bundles.
+    pub bundles: Vec<TrustBundle>,
 }
 
 /// Runs until `shutdown` turns true: waits for leadership, mirrors while
@@ -70,18 +82,23 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = elector.acquire() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = stopped(&mut shutdown) => return,
         }
         tracing::info!(identity = %opts.identity, "leading");
         tokio::select! {
             _ = elector.hold() => tracing::warn!("lost leadership; stopping writes"),
             _ = link_loop(&local, &opts, &metrics) => {}
-            _ = shutdown.wait_for(|s| *s) => {
+            _ = stopped(&mut shutdown) => {
                 elector.release().await;
                 return;
             }
         }
     }
+}
+
+/// Resolves once shutdown is requested (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// What the Link currently asks for.
@@ -102,6 +119,7 @@ async fn link_loop(local: &Client, opts: &Options, metrics: &Metrics) {
     );
     let mut failures: u32 = 0;
     loop {
+        tracing::debug!(failures, "reading link");
         let delay = backoff(failures);
         match prepare(local, opts, metrics, &recorder).await {
             Ok(Prepared::Missing) => {
@@ -116,6 +134,7 @@ async fn link_loop(local: &Client, opts: &Options, metrics: &Metrics) {
                 wait_link_change(local, opts, delay).await;
             }
             Ok(Prepared::Ready(session, secret_rv)) => {
+                tracing::debug!("link and credentials loaded");
                 failures = 0;
                 let link = session.link.clone();
                 tokio::select! {
@@ -159,9 +178,11 @@ async fn prepare(
         name: link_name,
         reason: e.0,
     })?;
+    tracing::debug!("link read; loading credentials");
     let (remote, secret_rv) =
         remote_client(local, &opts.namespace, &link.spec.credentials_secret).await?;
-    let tls = probe_tls(opts, link.spec.remote_trust_bundle.as_deref())?;
+    tracing::debug!("remote client built");
+    let tls = probe_tls(opts, &link)?;
     ensure_finalizer(&links, &link).await?;
     let session = Session {
         metrics: metrics.for_cluster(&link.spec.target_cluster_name),
@@ -175,19 +196,31 @@ async fn prepare(
     Ok(Prepared::Ready(Box::new(session), secret_rv))
 }
 
-/// The probe's TLS config, or `None` when no trust roots are known at all.
+/// The probe's TLS config and the gateway identity it must see; `None` when
+/// this controller has no credentials or the Link names no gateway identity.
 fn probe_tls(
     opts: &Options,
-    bundle: Option<&str>,
-) -> Result<Option<Arc<rustls::ClientConfig>>, Error> {
-    let mut roots = opts.trust_roots.clone();
-    if let Some(pem) = bundle {
-        roots.extend(parse_certs(pem.as_bytes(), "remoteTrustBundle")?);
-    }
-    if roots.is_empty() {
+    link: &Link,
+) -> Result<Option<(Arc<rustls::ClientConfig>, SpiffeId)>, Error> {
+    let (Some(own), Some(gateway)) = (&opts.probe_identity, &link.spec.gateway_identity) else {
         return Ok(None);
+    };
+    let invalid = |reason: String| Error::InvalidLink {
+        name: format!("{}/{}", opts.namespace, opts.link),
+        reason,
+    };
+    let gateway = SpiffeId::parse(gateway)
+        .map_err(|e| invalid(format!("gatewayIdentity {gateway:?}: {e}")))?;
+    let mut bundles = own.bundles.clone();
+    if let Some(pem) = &link.spec.remote_trust_bundle {
+        let domain = Some(gateway.trust_domain().to_string());
+        let bundle = TrustBundle::from_pem(domain, pem.as_bytes())
+            .map_err(|e| invalid(format!("remoteTrustBundle: {e}")))?;
+        bundles.push(bundle);
     }
-    client_config(&roots, opts.client_identity.as_ref()).map(Some)
+    let creds = Credentials::from_pem(&own.chain_pem, &own.key_pem, bundles).map_err(Error::Tls)?;
+    let config = creds.client_config(&[]).map_err(Error::Tls)?;
+    Ok(Some((config, gateway)))
 }
 
 /// Builds a client for the target cluster from the Link's Secret; returns it

@@ -36,7 +36,7 @@ pub enum Error {
     Client(#[source] kube::Error),
     /// The gateway's TLS settings are unusable.
     #[error("gateway TLS: {0}")]
-    Tls(String),
+    Tls(#[source] proxy::tls::TlsError),
     /// A probe of the gateway failed.
     #[error("gateway probe of {addr} failed: {reason}")]
     Probe {
@@ -61,8 +61,9 @@ impl Error {
     pub fn condition_reason(&self) -> &'static str {
         match self {
             Self::InvalidLink { .. } => "InvalidLink",
-            Self::InvalidCredentials { .. } | Self::Kubeconfig { .. } => "InvalidCredentials",
-            Self::Client(_) => "InvalidCredentials",
+            Self::InvalidCredentials { .. } | Self::Kubeconfig { .. } | Self::Client(_) => {
+                "InvalidCredentials"
+            }
             _ => "Error",
         }
     }

@@ -2,12 +2,14 @@
 //! through hickory, re-resolved periodically) and probes its admin port with an
 //! HTTPS GET over mTLS every period (with jitter). `failureThreshold` consecutive
 //! failed rounds make the gateway not alive; one passing round makes it alive.
-//! Results go out on a `watch` channel as [`GatewayReport`]s.
+//! Results go out on a `watch` channel as [`GatewayReport`]s. TLS is
+//! `proxy::tls`: the gateway must present the Link's `gatewayIdentity`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::identity::SpiffeId;
 use api::link::LinkSpec;
 use hickory_resolver::TokioResolver;
 use http_body_util::Empty;
@@ -17,11 +19,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use rand::Rng;
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 use crate::desired::GatewayState;
 use crate::error::Error;
@@ -66,6 +66,7 @@ pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 pub struct GatewayProber {
     spec: Arc<LinkSpec>,
     tls: Arc<ClientConfig>,
+    identity: SpiffeId,
     resolver: TokioResolver,
     resolve_interval: Duration,
     metrics: ClusterMetrics,
@@ -76,6 +77,7 @@ impl GatewayProber {
     pub fn new(
         spec: Arc<LinkSpec>,
         tls: Arc<ClientConfig>,
+        identity: SpiffeId,
         resolve_interval: Duration,
         metrics: ClusterMetrics,
     ) -> Result<Self, Error> {
@@ -85,6 +87,7 @@ impl GatewayProber {
         Ok(Self {
             spec,
             tls,
+            identity,
             resolver,
             resolve_interval,
             metrics,
@@ -142,8 +145,14 @@ impl GatewayProber {
         let timeout = Duration::from_secs(u64::from(self.spec.probe.timeout_seconds));
         for ip in addresses {
             let addr = SocketAddr::new(*ip, self.spec.probe.port);
-            let name = server_name(&self.spec, *ip);
-            match probe_once(self.tls.clone(), name, addr, &self.spec.probe.path, timeout).await {
+            let probe = probe_once(
+                self.tls.clone(),
+                &self.identity,
+                addr,
+                &self.spec.probe.path,
+                timeout,
+            );
+            match probe.await {
                 Ok(latency) => {
                     self.metrics.probe_success.inc();
                     self.metrics.probe_latency.observe(latency.as_secs_f64());
@@ -159,26 +168,17 @@ impl GatewayProber {
     }
 }
 
-/// The TLS server name to present: the first configured DNS name, else the IP.
-/// The configured verifier decides what it checks (e.g. the SPIFFE URI SAN).
-fn server_name(spec: &LinkSpec, ip: IpAddr) -> ServerName<'static> {
-    spec.gateway_addresses
-        .iter()
-        .filter(|a| a.parse::<IpAddr>().is_err())
-        .find_map(|a| ServerName::try_from(a.clone()).ok())
-        .unwrap_or(ServerName::IpAddress(ip.into()))
-}
-
 /// Up to ±20% around `period`, so many mirrors do not probe in lockstep.
 fn jittered(period: Duration) -> Duration {
     let factor = rand::rng().random_range(0.8..1.2);
     period.mul_f64(factor)
 }
 
-/// One HTTPS GET of `path` at `addr`; `Ok(latency)` on a 2xx answer.
+/// One HTTPS GET of `path` at `addr`, which must prove `identity`;
+/// `Ok(latency)` on a 2xx answer.
 pub async fn probe_once(
     tls: Arc<ClientConfig>,
-    name: ServerName<'static>,
+    identity: &SpiffeId,
     addr: SocketAddr,
     path: &str,
     timeout: Duration,
@@ -189,8 +189,7 @@ pub async fn probe_once(
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| fail(format!("connect: {e}")))?;
-        let tls = TlsConnector::from(tls)
-            .connect(name, tcp)
+        let (tls, _) = proxy::tls::connect(tls, tcp, identity, timeout)
             .await
             .map_err(|e| fail(format!("TLS: {e}")))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -229,6 +228,72 @@ mod tests {
         assert!(l.record(false, 3));
         assert!(!l.record(false, 3), "third miss crosses the threshold");
         assert!(l.record(true, 3), "one pass revives it");
+    }
+
+    /// A one-shot mTLS server answering `status` to every request.
+    async fn gateway(status: &'static str) -> (SocketAddr, Arc<ClientConfig>) {
+        use proxy::pki::{Ca, Validity};
+        use proxy::tls::{Credentials, TrustBundle};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca = Ca::root("test root", Validity::days(1)).unwrap();
+        let creds = |id: &str| {
+            let leaf = ca
+                .issue(&SpiffeId::parse(id).unwrap(), &[], Validity::days(1))
+                .unwrap();
+            let bundle = TrustBundle::from_pem(None, ca.root_pem().as_bytes()).unwrap();
+            Credentials::from_pem(
+                leaf.chain_pem.as_bytes(),
+                leaf.key_pem.as_bytes(),
+                vec![bundle],
+            )
+            .unwrap()
+        };
+        let server = creds("spiffe://east.example/ns/meshlink/sa/gateway");
+        let client = creds("spiffe://west.example/ns/meshlink/sa/mirror");
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config(&[]).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 1024];
+                    let _ = tls.read(&mut buf).await;
+                    let rsp = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                    let _ = tls.write_all(rsp.as_bytes()).await;
+                });
+            }
+        });
+        (addr, client.client_config(&[]).unwrap())
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn probe_passes_over_mtls_with_the_expected_identity() {
+        let (addr, tls) = gateway("200 OK").await;
+        let id = SpiffeId::parse("spiffe://east.example/ns/meshlink/sa/gateway").unwrap();
+        probe_once(tls, &id, addr, "/ready", TIMEOUT).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn probe_fails_on_wrong_identity_or_unhealthy_answer() {
+        let (addr, tls) = gateway("200 OK").await;
+        let other = SpiffeId::parse("spiffe://east.example/ns/meshlink/sa/impostor").unwrap();
+        let err = probe_once(tls, &other, addr, "/ready", TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
+
+        let (addr, tls) = gateway("503 Service Unavailable").await;
+        let id = SpiffeId::parse("spiffe://east.example/ns/meshlink/sa/gateway").unwrap();
+        let err = probe_once(tls, &id, addr, "/ready", TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("503"), "{err}");
     }
 
     #[test]

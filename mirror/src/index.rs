@@ -88,7 +88,9 @@ impl Index {
     }
 
     /// A remote Service was created or changed.
-    pub fn apply_service(&mut self, svc: Service) {
+    pub fn apply_service(&mut self, mut svc: Service) {
+        // Never read, and often the largest part of an object.
+        svc.metadata.managed_fields = None;
         if let Some(key) = key_of(&svc.metadata.namespace, &svc.metadata.name) {
             self.dirty.insert(key.clone());
             self.services.insert(key, svc);
@@ -112,7 +114,8 @@ impl Index {
     }
 
     /// A remote EndpointSlice was created or changed.
-    pub fn apply_slice(&mut self, slice: EndpointSlice) {
+    pub fn apply_slice(&mut self, mut slice: EndpointSlice) {
+        slice.metadata.managed_fields = None;
         let Some((owner, name)) = slice_owner(&slice) else {
             return;
         };

@@ -18,7 +18,6 @@ pub mod lease;
 pub mod metrics;
 pub mod session;
 pub mod status;
-pub mod tls;
 pub mod writer;
 
 pub use error::Error;

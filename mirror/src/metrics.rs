@@ -81,14 +81,23 @@ impl Metrics {
             target_cluster: cluster.to_string(),
             outcome,
         };
+        // Each guard must be dropped before the next `get_or_create`: a live read
+        // guard on a family deadlocks the write that inserts a new label set.
+        let gateway_alive = self.gateway_alive.get_or_create(&labels).clone();
+        let probe_latency = self.probe_latency.get_or_create(&labels).clone();
+        let probe_success = self.probes.get_or_create(&probe("success")).clone();
+        let probe_failure = self.probes.get_or_create(&probe("failure")).clone();
+        let mirrored_services = self.mirrored_services.get_or_create(&labels).clone();
+        let reconcile_errors = self.reconcile_errors.get_or_create(&labels).clone();
+        let watch_restarts = self.watch_restarts.get_or_create(&labels).clone();
         ClusterMetrics {
-            gateway_alive: self.gateway_alive.get_or_create(&labels).clone(),
-            probe_latency: self.probe_latency.get_or_create(&labels).clone(),
-            probe_success: self.probes.get_or_create(&probe("success")).clone(),
-            probe_failure: self.probes.get_or_create(&probe("failure")).clone(),
-            mirrored_services: self.mirrored_services.get_or_create(&labels).clone(),
-            reconcile_errors: self.reconcile_errors.get_or_create(&labels).clone(),
-            watch_restarts: self.watch_restarts.get_or_create(&labels).clone(),
+            gateway_alive,
+            probe_latency,
+            probe_success,
+            probe_failure,
+            mirrored_services,
+            reconcile_errors,
+            watch_restarts,
         }
     }
 }
@@ -112,9 +121,41 @@ pub struct ClusterMetrics {
     pub watch_restarts: Counter,
 }
 
+impl Default for Metrics {
+    /// Families registered nowhere, for tests and library use without a registry.
+    fn default() -> Self {
+        Self::register(&mut Registry::default())
+    }
+}
+
 impl Default for ClusterMetrics {
     /// Unregistered handles, for tests and library use without a registry.
     fn default() -> Self {
         Metrics::register(&mut Registry::default()).for_cluster("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_handles_are_labelled_and_shared() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let east = metrics.for_cluster("east");
+        east.gateway_alive.set(1);
+        east.probe_failure.inc();
+        metrics.for_cluster("east").probe_failure.inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"gateway_alive{target_cluster="east"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"probes_total{target_cluster="east",outcome="failure"} 2"#),
+            "{text}"
+        );
     }
 }

@@ -9,20 +9,21 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use api::identity::SpiffeId;
 use api::link::{Link, LinkSpec, MirrorReason};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::gateway::{GatewayProber, GatewayReport};
@@ -66,8 +67,9 @@ pub struct Session {
     pub local: Client,
     /// Client for the target cluster.
     pub remote: Client,
-    /// TLS config for gateway probes (`None`: gateway never probed, never alive).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS config for gateway probes and the identity the gateway must prove
+    /// (`None`: gateway never probed, never alive).
+    pub tls: Option<(Arc<rustls::ClientConfig>, SpiffeId)>,
     /// Metrics for this Link's cluster.
     pub metrics: ClusterMetrics,
     /// Event recorder.
@@ -122,6 +124,7 @@ impl Session {
             shared.clone(),
         ));
 
+        tracing::debug!("session started; waiting for initial lists");
         for mut rx in [svc_rx, slice_rx, ns_rx] {
             if rx.wait_for(|synced| *synced).await.is_err() {
                 return;
@@ -132,13 +135,15 @@ impl Session {
         {
             return;
         }
+        tracing::debug!("initial lists done; mirroring");
         let link_ref = self.link.object_ref(&());
         let writer = Writer::new(self.local.clone(), cluster, local_slices.clone());
+        let (events, events_rx) = mpsc::channel(1024);
+        tasks.spawn(publish_events(self.recorder.clone(), link_ref, events_rx));
         let ctx = WriteContext {
             writer,
             shared: shared.clone(),
-            recorder: self.recorder.clone(),
-            link_ref,
+            events,
             metrics: self.metrics.clone(),
         };
         let mut resync = tokio::time::interval(self.config.resync_interval);
@@ -152,7 +157,7 @@ impl Session {
     }
 
     fn spawn_gateway(&self, spec: &Arc<LinkSpec>, shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
-        let Some(tls) = self.tls.clone() else {
+        let Some((tls, identity)) = self.tls.clone() else {
             if !spec.gateway_addresses.is_empty() {
                 tracing::warn!(
                     "no TLS settings for gateway probes; gateway endpoints stay not ready"
@@ -166,6 +171,7 @@ impl Session {
         let prober = match GatewayProber::new(
             spec.clone(),
             tls,
+            identity,
             self.config.resolve_interval,
             self.metrics.clone(),
         ) {
@@ -195,7 +201,11 @@ impl Session {
 }
 
 /// Marks dirty every local mirror with no exported remote counterpart.
-fn collect_orphans(shared: &Shared, services: &Store<Service>, slices: &Store<EndpointSlice>) {
+fn collect_orphans(
+    shared: &Shared,
+    services: &Store<PartialObjectMeta<Service>>,
+    slices: &Store<PartialObjectMeta<EndpointSlice>>,
+) {
     let local: Vec<ServiceKey> = services
         .state()
         .iter()
@@ -218,15 +228,20 @@ fn collect_orphans(shared: &Shared, services: &Store<Service>, slices: &Store<En
     }
 }
 
-/// A reflector of this Link's local mirror objects, driven by a task.
-fn local_store<K>(client: &Client, cluster: &str, tasks: &mut JoinSet<()>) -> Store<K>
+/// A metadata-only reflector of this Link's local mirror objects (names and
+/// labels are all orphan collection needs), driven by a task.
+fn local_store<K>(
+    client: &Client,
+    cluster: &str,
+    tasks: &mut JoinSet<()>,
+) -> Store<PartialObjectMeta<K>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default().labels(&cluster_selector(cluster));
-    let stream = reflector::reflector(writer, watch_stream(Api::<K>::all(client.clone()), config))
-        .default_backoff();
+    let watch = watch_stream(Api::<PartialObjectMeta<K>>::all(client.clone()), config);
+    let stream = reflector::reflector(writer, watch).default_backoff();
     tasks.spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
@@ -377,8 +392,7 @@ async fn status_loop(client: Client, link: Arc<Link>, shared: Arc<Shared>) {
 struct WriteContext {
     writer: Writer,
     shared: Arc<Shared>,
-    recorder: Recorder,
-    link_ref: ObjectReference,
+    events: mpsc::Sender<KubeEvent>,
     metrics: ClusterMetrics,
 }
 
@@ -492,11 +506,13 @@ impl WriteContext {
             before != outcome.as_ref().map(|o| o.0)
         };
         if changed {
-            self.publish(key, outcome.as_ref()).await;
+            self.publish(key, outcome.as_ref());
         }
     }
 
-    async fn publish(&self, key: &ServiceKey, outcome: Option<&(MirrorReason, String, String)>) {
+    /// Queues an Event for the publisher task. Events are best effort: when the
+    /// queue is full the Event is dropped rather than slowing mirroring down.
+    fn publish(&self, key: &ServiceKey, outcome: Option<&(MirrorReason, String, String)>) {
         let (type_, reason, note) = match outcome {
             None => (
                 EventType::Normal,
@@ -517,7 +533,20 @@ impl WriteContext {
             action: "Mirror".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &self.link_ref).await {
+        if self.events.try_send(event).is_err() {
+            tracing::debug!("event queue full; event dropped");
+        }
+    }
+}
+
+/// Publishes queued Events one at a time, off the write path.
+async fn publish_events(
+    recorder: Recorder,
+    link_ref: ObjectReference,
+    mut rx: mpsc::Receiver<KubeEvent>,
+) {
+    while let Some(event) = rx.recv().await {
+        if let Err(e) = recorder.publish(&event, &link_ref).await {
             tracing::debug!(error = %e, "cannot publish event");
         }
     }

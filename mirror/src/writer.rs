@@ -6,10 +6,11 @@
 use std::collections::BTreeSet;
 
 use api::labels;
+use api::link::MirrorReason;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
@@ -26,12 +27,16 @@ pub struct Writer {
     client: Client,
     cluster: String,
     /// Local mirror slices of this Link, to find stale ones without a list call.
-    local_slices: Store<EndpointSlice>,
+    local_slices: Store<PartialObjectMeta<EndpointSlice>>,
 }
 
 impl Writer {
     /// A writer for mirrors of `cluster`.
-    pub fn new(client: Client, cluster: String, local_slices: Store<EndpointSlice>) -> Self {
+    pub fn new(
+        client: Client,
+        cluster: String,
+        local_slices: Store<PartialObjectMeta<EndpointSlice>>,
+    ) -> Self {
         Self {
             client,
             cluster,
@@ -58,7 +63,12 @@ impl Writer {
                 }
                 self.apply_mirror(key, objects, previous).await
             }
-            // Nothing can exist in a missing namespace; an invalid name was never written.
+            // A service that became unmirrorable (e.g. turned ExternalName) must
+            // lose the mirror it had; nothing can exist in a missing namespace.
+            Desired::Skipped {
+                reason: MirrorReason::InvalidService,
+                ..
+            } => self.delete_mirror(key).await,
             Desired::Skipped { .. } => Ok(()),
             Desired::Absent => self.delete_mirror(key).await,
         }
