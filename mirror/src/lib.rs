@@ -7,8 +7,6 @@
 //! apply) ← [`session`] (watches and loops for one set of credentials) ←
 //! [`controller`] (leader election, Link lifecycle).
 
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod controller;
 pub mod desired;
 pub mod error;
