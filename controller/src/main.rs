@@ -37,21 +37,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Err(error) = admin::init_tracing() {
-        eprintln!("controller: {error}");
-        return ExitCode::from(2);
-    }
-    let result = tokio::runtime::Runtime::new()
-        .context("starting the runtime")
-        .and_then(|rt| rt.block_on(run(args)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    admin::run_main("controller", run(Args::parse()))
 }
 
 async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {

@@ -29,21 +29,7 @@ const CREDENTIAL_POLL: Duration = Duration::from_secs(10);
 const FORWARD_HOP: u8 = gateway::MAX_HOPS + 1;
 
 fn main() -> ExitCode {
-    let args = GatewayArgs::parse();
-    if let Err(error) = admin::init_tracing() {
-        eprintln!("gateway: {error}");
-        return ExitCode::from(2);
-    }
-    let result = tokio::runtime::Runtime::new()
-        .context("starting the runtime")
-        .and_then(|rt| rt.block_on(run(args)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    admin::run_main("gateway", run(GatewayArgs::parse()))
 }
 
 async fn run(args: GatewayArgs) -> anyhow::Result<()> {

@@ -166,6 +166,31 @@ pub enum LogError {
     AlreadyInstalled,
 }
 
+/// The body of every long-running meshlink binary's `main`: sets up logging,
+/// runs `run` on a multi-threaded Tokio runtime, and turns the outcome into the
+/// exit code (0 success; 1 when `run` fails, logged with its causes; 2 when
+/// logging itself cannot start).
+pub fn run_main<F>(name: &str, run: F) -> std::process::ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    if let Err(error) = init_tracing() {
+        eprintln!("{name}: {error}");
+        return ExitCode::from(2);
+    }
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))
+        .and_then(|rt| rt.block_on(run));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Installs the global subscriber: format from `MESHLINK_LOG_FORMAT` (`plain` or
 /// `json`), filter from `RUST_LOG` (default `info`).
 pub fn init_tracing() -> Result<(), LogError> {

@@ -28,23 +28,12 @@ const CREDENTIAL_POLL: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = admin::init_tracing() {
-        eprintln!("proxy: {error}");
-        return ExitCode::from(2);
-    }
-    let result = match cli.command {
-        Command::Init(args) => init(&args),
-        Command::Run(args) => tokio::runtime::Runtime::new()
-            .context("starting the runtime")
-            .and_then(|rt| rt.block_on(run(*args))),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            ExitCode::FAILURE
+    admin::run_main("proxy", async move {
+        match cli.command {
+            Command::Init(args) => init(&args),
+            Command::Run(args) => run(*args).await,
         }
-    }
+    })
 }
 
 fn init(args: &InitArgs) -> anyhow::Result<()> {
