@@ -20,6 +20,11 @@ pub struct GatewayArgs {
     /// Admin listener (/ready, /live, /metrics).
     #[arg(long, env = "MESHLINK_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
     pub admin_addr: SocketAddr,
+    /// The probe listener: `/ready` (and the other admin endpoints) over mutual
+    /// TLS with the gateway's certificate, for remote mirrors' probes (a Link's
+    /// `probe.port`). Not served when unset.
+    #[arg(long, env = "MESHLINK_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
     /// This cluster's domain; only targets under `svc.<domain>` are served.
     #[arg(long, env = "MESHLINK_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,

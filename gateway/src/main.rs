@@ -66,6 +66,18 @@ async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         ready,
     };
+    let probe = match args.probe_addr {
+        Some(addr) => {
+            let probe_l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            tracing::info!(probe = %addr, "probe listening (mTLS)");
+            let tls = creds.configs.clone();
+            let probe = admin::serve_tls(probe_l, state.clone(), tls, stop.signaled());
+            Some(tokio::spawn(probe))
+        }
+        None => None,
+    };
     let server = tokio::spawn(gateway.serve(listener, stop.signaled()));
     let admin = tokio::spawn(admin::serve(admin_l, state, stop.signaled()));
 
@@ -75,5 +87,8 @@ async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     stop.trigger();
     server.await.context("gateway task")?;
     admin.await.context("admin task")??;
+    if let Some(probe) = probe {
+        probe.await.context("probe task")??;
+    }
     Ok(())
 }

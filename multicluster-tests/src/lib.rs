@@ -47,6 +47,8 @@ mod pki;
 mod pod;
 mod process;
 mod publish;
+pub mod scenario;
+pub mod traffic;
 
 pub use binaries::{Binaries, meshlink_binary};
 pub use cluster::Cluster;
@@ -56,6 +58,7 @@ pub use harness::{Harness, HarnessBuilder};
 pub use net::{AddressPlan, MAX_CLUSTERS, MAX_GATEWAYS, SLOTS, netns_names};
 pub use pod::Pod;
 pub use publish::MANAGER;
+pub use scenario::Scenario;
 
 /// Installs a stderr `tracing` subscriber for the harness's binaries, filtered by
 /// `RUST_LOG` (default: warnings, with kube-client's per-request errors silenced:

@@ -17,6 +17,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::tls::{Policy, TlsConfigs};
+
+/// How long a client of [`serve_tls`] may take to complete its handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
+
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the admin server reports.
@@ -35,6 +40,27 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// Serves the same endpoints over mutual TLS (the gateway's probe port: a remote
+/// mirror must see the gateway's identity, and the gateway requires a client
+/// certificate from a trusted bundle). `tls` is the rotating credentials watch.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: AdminState,
+    tls: watch::Receiver<Arc<TlsConfigs>>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_with(listener, state, Some(tls), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    state: AdminState,
+    tls: Option<watch::Receiver<Arc<TlsConfigs>>>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -50,24 +76,36 @@ pub async fn serve(
                 }
             },
         };
-        tokio::spawn(serve_connection(tcp, state.clone(), stop_rx.clone()));
+        let (state, stop) = (state.clone(), stop_rx.clone());
+        match &tls {
+            None => drop(tokio::spawn(serve_connection(tcp, state, stop))),
+            Some(tls) => {
+                let config = tls.borrow().server.clone();
+                tokio::spawn(async move {
+                    match crate::tls::accept(config, tcp, &Policy::AnyTrusted, TLS_HANDSHAKE).await
+                    {
+                        Ok((io, _)) => serve_connection(io, state, stop).await,
+                        Err(error) => tracing::debug!(%error, "admin TLS handshake failed"),
+                    }
+                });
+            }
+        }
     }
     // Tell connections to close after their in-flight request; they hold receivers.
     let _ = stop_tx.send(true);
     Ok(())
 }
 
-async fn serve_connection(
-    tcp: tokio::net::TcpStream,
-    state: AdminState,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve_connection<IO>(io: IO, state: AdminState, mut stop: watch::Receiver<bool>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(route(&state, &req)) }
     });
     let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

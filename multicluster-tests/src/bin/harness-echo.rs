@@ -3,8 +3,13 @@
 //! `harness-echo serve PORT NAME`: on each connection writes `NAME\n`, then echoes.
 //! `harness-echo probe HOST:PORT [TIMEOUT_MS]`: connects, prints the first line it
 //! reads and exits 0; exits 1 with the error if it cannot connect or read.
+//! `harness-echo http PORT NAME`: the end-to-end tests' and the demo's app, one port
+//! for both kinds of traffic. A connection whose first line is an HTTP/1 request
+//! line gets HTTP/1.1 answers (keep-alive, body `NAME METHOD PATH`); any other
+//! first line gets the `serve` behaviour (`NAME\n`, then the line and everything
+//! after it echoed), so an opaque TCP client can check whom it reached.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -19,9 +24,12 @@ fn main() -> anyhow::Result<()> {
         .as_slice()
     {
         ["serve", port, name] => serve(port.parse().context("PORT")?, name),
+        ["http", port, name] => serve_http(port.parse().context("PORT")?, name),
         ["probe", addr] => probe(addr.parse().context("HOST:PORT")?, 2000),
         ["probe", addr, ms] => probe(addr.parse().context("HOST:PORT")?, ms.parse()?),
-        _ => bail!("usage: harness-echo serve PORT NAME | probe HOST:PORT [TIMEOUT_MS]"),
+        _ => bail!(
+            "usage: harness-echo serve PORT NAME | http PORT NAME | probe HOST:PORT [TIMEOUT_MS]"
+        ),
     }
 }
 
@@ -38,6 +46,70 @@ fn serve(port: u16, name: &str) -> anyhow::Result<()> {
             }
         });
     }
+    Ok(())
+}
+
+fn serve_http(port: u16, name: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).context("binding")?;
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            let _ = http_or_echo(conn, &name);
+        });
+    }
+    Ok(())
+}
+
+/// Answers HTTP/1 requests until the client closes, or echoes a non-HTTP stream.
+fn http_or_echo(conn: TcpStream, name: &str) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(());
+    }
+    let trimmed = line.trim_end();
+    if !(trimmed.ends_with(" HTTP/1.1") || trimmed.ends_with(" HTTP/1.0")) {
+        out.write_all(format!("{name}\n").as_bytes())?;
+        out.write_all(line.as_bytes())?;
+        std::io::copy(&mut reader, &mut out)?;
+        return Ok(());
+    }
+    loop {
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let body = format!("{name} {method} {path}\n");
+        skip_headers_and_body(&mut reader)?;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        out.write_all(head.as_bytes())?;
+        out.write_all(body.as_bytes())?;
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads a request's header lines and discards its `content-length` body.
+fn skip_headers_and_body(reader: &mut BufReader<TcpStream>) -> std::io::Result<()> {
+    let mut length = 0u64;
+    let mut header = String::new();
+    loop {
+        header.clear();
+        if reader.read_line(&mut header)? == 0 || header.trim_end().is_empty() {
+            break;
+        }
+        if let Some((key, value)) = header.split_once(':')
+            && key.trim().eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    std::io::copy(&mut reader.by_ref().take(length), &mut std::io::sink())?;
     Ok(())
 }
 

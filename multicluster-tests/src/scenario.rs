@@ -1,0 +1,628 @@
+//! The cross-cluster scenario the end-to-end test and the demo share: on a
+//! harness with clusters `east` and `west`, certificates from one root, and in
+//! each cluster a control plane (`controller`), a gateway (`gateway`, on the
+//! cluster's gateway address) and a mirror (`mirror`) for a Link to the other
+//! cluster made by `meshlink link`. East runs the app (`harness-echo http` behind
+//! its inbound sidecar `proxy`), published as Service `demo/svc` and exported with
+//! `meshlink export`; west runs a client sidecar whose every outbound connection
+//! goes to the mirror `svc-east`.
+//!
+//! Every component is the real binary, running in its own harness pod (network
+//! namespace), so each reaches the others over the cluster networks as it would
+//! in Kubernetes: proxies reach their controller's pod, mirrors reach the other
+//! apiserver at the harness host address, and only the gateway address crosses
+//! clusters. Pods are registered with the harness's clean-up, so Ctrl-C or a
+//! failed test removes them too.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api::identity::SpiffeId;
+use api::link::Link;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use proxy::discovery_grpc::GrpcDiscovery;
+use proxy::pki::{Ca, Validity};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::binaries::meshlink_binary;
+use crate::cluster::Cluster;
+use crate::components::ready;
+use crate::error::{Error, Result};
+use crate::harness::Harness;
+use crate::pod::Pod;
+
+/// Namespace of the exported app.
+pub const APP_NAMESPACE: &str = "demo";
+/// Name of the exported Service in east.
+pub const APP_SERVICE: &str = "svc";
+/// Service port of the app (its inbound sidecar listens here).
+pub const APP_PORT: u16 = 8080;
+/// Namespace of Links, their Secrets and the gateway's identity.
+pub const MULTICLUSTER_NAMESPACE: &str = "meshlink-multicluster";
+/// The authority west's client calls: east's Service as mirrored into west.
+pub const MIRROR_AUTHORITY: &str = "svc-east.demo.svc.cluster.local:8080";
+/// The authority east's gateway is asked for (the transport header's target).
+pub const REMOTE_AUTHORITY: &str = "svc.demo.svc.cluster.local:8080";
+/// The gateways' mTLS port.
+pub const GATEWAY_PORT: u16 = api::link::DEFAULT_GATEWAY_PORT;
+/// The gateways' probe port (admin endpoints over mTLS), named in the Links.
+pub const PROBE_PORT: u16 = 4181;
+
+/// Where the app itself listens inside its pod (behind the sidecar).
+const APP_LOCAL_PORT: u16 = 9080;
+const DISCOVERY_PORT: u16 = 8086;
+const CONTROLLER_ADMIN_PORT: u16 = 9990;
+const ADMIN_PORT: u16 = 4191;
+const OUTBOUND_PORT: u16 = 4140;
+const INBOUND_PORT: u16 = 4143;
+/// How long a component may take to report ready, and a mirror to converge.
+const WITHIN: Duration = Duration::from_secs(60);
+/// The clusters, in harness builder order.
+pub const CLUSTERS: [&str; 2] = ["east", "west"];
+
+/// The SPIFFE ID of `cluster`'s gateway.
+pub fn gateway_identity(cluster: &str) -> String {
+    identity(cluster, MULTICLUSTER_NAMESPACE, "meshlink-gateway")
+}
+
+/// The SPIFFE ID of east's app.
+pub fn app_identity() -> String {
+    identity("east", APP_NAMESPACE, APP_SERVICE)
+}
+
+fn identity(cluster: &str, ns: &str, sa: &str) -> String {
+    format!("spiffe://{cluster}.meshlink.test/ns/{ns}/sa/{sa}")
+}
+
+/// One root, one issuer per cluster, certificates written under a directory.
+struct Pki {
+    dir: PathBuf,
+    root_pem: String,
+    issuers: Vec<(String, Ca)>,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Result<Self> {
+        let invalid = |e: proxy::pki::PkiError| Error::Invalid(format!("issuing: {e}"));
+        let root = Ca::root("meshlink demo root", Validity::days(7)).map_err(invalid)?;
+        let mut issuers = Vec::new();
+        for cluster in CLUSTERS {
+            let issuer = root
+                .intermediate(&format!("meshlink {cluster} issuer"), Validity::days(7))
+                .map_err(invalid)?;
+            issuers.push((cluster.to_owned(), issuer));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            root_pem: root.root_pem().to_owned(),
+            issuers,
+        })
+    }
+
+    /// Issues `id` from `cluster`'s issuer into `<dir>/<name>/` (tls.crt, tls.key,
+    /// ca.crt) and returns that directory.
+    fn issue(&self, cluster: &str, name: &str, id: &str) -> Result<PathBuf> {
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|(c, _)| c == cluster)
+            .map(|(_, ca)| ca)
+            .ok_or_else(|| Error::Invalid(format!("no issuer for cluster {cluster}")))?;
+        let id = SpiffeId::parse(id).map_err(|e| Error::Invalid(format!("{id}: {e}")))?;
+        let leaf = issuer
+            .issue(&id, &[], Validity::days(7))
+            .map_err(|e| Error::Invalid(format!("issuing {id}: {e}")))?;
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        leaf.write(&dir, &self.root_pem)
+            .map_err(|e| Error::Invalid(format!("writing {}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+}
+
+/// `--tls-cert/--tls-key/--tls-trust` for credentials written by [`Pki::issue`].
+fn tls_args(dir: &Path) -> Vec<String> {
+    let file = |f: &str| dir.join(f).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        file("tls.crt"),
+        "--tls-key".into(),
+        file("tls.key"),
+        "--tls-trust".into(),
+        file("ca.crt"),
+    ]
+}
+
+/// One cluster's meshlink pieces.
+#[derive(Debug)]
+struct Side {
+    name: String,
+    controller: Option<Pod>,
+    discovery: SocketAddr,
+    gateway: Pod,
+    mirror: Option<Pod>,
+}
+
+/// The running scenario. Its pods stop when it is dropped, or with the harness.
+#[derive(Debug)]
+pub struct Scenario {
+    sides: Vec<Side>,
+    apps: Vec<Pod>,
+    apps_started: usize,
+    app_certs: PathBuf,
+    client: Pod,
+}
+
+impl Scenario {
+    /// Brings the whole scenario up on `harness` (clusters `east` and `west`),
+    /// calling `step` with a line as each step starts, and returns once west's
+    /// discovery resolves `svc-east` to east's gateway.
+    pub async fn start(harness: &Harness, step: &mut dyn FnMut(&str)) -> Result<Self> {
+        let (east, west) = (cluster(harness, "east")?, cluster(harness, "west")?);
+        step("issuing certificates: one root, an issuer per cluster, a certificate per workload");
+        let pki = Pki::new(&harness.dir().join("certs"))?;
+        for c in [east, west] {
+            prepare_cluster(c).await?;
+        }
+        let mut sides = Vec::new();
+        for c in [east, west] {
+            step(&format!(
+                "{}: starting the control plane (controller) and the gateway on {}:{GATEWAY_PORT}",
+                c.name(),
+                c.gateway_address()
+            ));
+            sides.push(Side::start(c, &pki).await?);
+        }
+        step("east: starting app pod svc-1 (harness-echo behind its inbound sidecar)");
+        let mut this = Self {
+            app_certs: pki.issue("east", "app", &app_identity())?,
+            client: start_client(west, &pki, sides[1].discovery).await?,
+            sides,
+            apps: Vec::new(),
+            apps_started: 0,
+        };
+        this.scale(harness, 1).await?;
+        step("east: exporting Service demo/svc (meshlink export svc)");
+        this.export(harness, true).await?;
+        for (target, source) in [(east, west), (west, east)] {
+            step(&format!(
+                "{}: linking to {} (meshlink link against {}, applied in {}) and starting its mirror",
+                source.name(),
+                target.name(),
+                target.name(),
+                source.name()
+            ));
+            link(target, source).await?;
+            let index = this.side_index(source.name())?;
+            this.sides[index].mirror = Some(start_mirror(source, target.name(), &pki).await?);
+        }
+        step("west: waiting until discovery resolves svc-east to east's gateway");
+        let discovery = this.discovery("west")?;
+        resolve_until(&discovery, MIRROR_AUTHORITY, WITHIN, |set| !set.is_empty()).await?;
+        Ok(this)
+    }
+
+    /// Where test code (in the root namespace) reaches west's client sidecar: an
+    /// explicit proxy whose every connection goes to `svc-east`.
+    pub fn client_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.client.ip()), OUTBOUND_PORT)
+    }
+
+    /// The discovery API of `cluster`'s controller.
+    pub fn discovery_addr(&self, cluster: &str) -> Result<SocketAddr> {
+        Ok(self.sides[self.side_index(cluster)?].discovery)
+    }
+
+    /// A proxy's gRPC discovery client for `cluster`'s controller, subscribing from
+    /// that cluster's first zone.
+    pub fn discovery(&self, cluster: &str) -> Result<GrpcDiscovery> {
+        let addr = self.discovery_addr(cluster)?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::Invalid(format!("discovery address {addr}: {e}")))?
+            .connect_lazy();
+        Ok(GrpcDiscovery::new(channel, format!("{cluster}-a")))
+    }
+
+    /// Names of east's running app pods (what the app answers with).
+    pub fn app_names(&self) -> Vec<String> {
+        self.apps.iter().map(|p| p.name().to_owned()).collect()
+    }
+
+    /// Runs `replicas` app pods in east and publishes exactly those as the
+    /// Service's endpoints (with the app identity). Scaling down unpublishes
+    /// before stopping pods, as a rolling update would.
+    pub async fn scale(&mut self, harness: &Harness, replicas: usize) -> Result<()> {
+        let east = cluster(harness, "east")?;
+        while self.apps.len() < replicas {
+            self.apps_started += 1;
+            let discovery = self.sides[0].discovery;
+            let pod = start_app(east, self.apps_started, &self.app_certs, discovery).await?;
+            self.apps.push(pod);
+        }
+        let keep: Vec<&Pod> = self.apps.iter().take(replicas).collect();
+        east.publish(APP_NAMESPACE, APP_SERVICE, APP_PORT, &keep)
+            .await?;
+        annotate_identity(east).await?;
+        self.apps.truncate(replicas);
+        Ok(())
+    }
+
+    /// `meshlink export svc` (or `unexport`) in east.
+    pub async fn export(&self, harness: &Harness, exported: bool) -> Result<()> {
+        let verb = if exported { "export" } else { "unexport" };
+        let east = cluster(harness, "east")?;
+        meshlink(east, &["-n", APP_NAMESPACE, verb, APP_SERVICE]).await?;
+        Ok(())
+    }
+
+    /// Stops `cluster`'s controller (its pod goes away); returns whether one ran.
+    pub fn stop_controller(&mut self, cluster: &str) -> Result<bool> {
+        let index = self.side_index(cluster)?;
+        Ok(self.sides[index].controller.take().is_some())
+    }
+
+    /// Every pod of the scenario, for listings and clean-up checks.
+    pub fn pods(&self) -> Vec<&Pod> {
+        let mut pods: Vec<&Pod> = Vec::new();
+        for side in &self.sides {
+            pods.extend(side.controller.iter());
+            pods.push(&side.gateway);
+            pods.extend(side.mirror.iter());
+        }
+        pods.extend(self.apps.iter());
+        pods.push(&self.client);
+        pods
+    }
+
+    fn side_index(&self, cluster: &str) -> Result<usize> {
+        self.sides
+            .iter()
+            .position(|s| s.name == cluster)
+            .ok_or_else(|| Error::Invalid(format!("the scenario has no cluster {cluster}")))
+    }
+}
+
+impl Side {
+    /// The controller, then the gateway resolving through it.
+    async fn start(c: &Cluster, pki: &Pki) -> Result<Self> {
+        let zone = first_zone(c)?;
+        let controller = c.create_pod(&format!("{}-controller", c.name()), &zone)?;
+        let kubeconfig = c.kubeconfig_path().display().to_string();
+        controller.spawn(
+            meshlink_binary("controller")?,
+            [
+                "--cluster-name",
+                c.name(),
+                "--kubeconfig",
+                &kubeconfig,
+                "--discovery-addr",
+                &format!("0.0.0.0:{DISCOVERY_PORT}"),
+                "--admin-addr",
+                &format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+            ],
+        )?;
+        wait_ready(&controller, CONTROLLER_ADMIN_PORT).await?;
+        let discovery = SocketAddr::new(IpAddr::V4(controller.ip()), DISCOVERY_PORT);
+
+        let certs = pki.issue(
+            c.name(),
+            &format!("{}-gateway", c.name()),
+            &gateway_identity(c.name()),
+        )?;
+        let gateway = c.create_gateway_pod(&format!("{}-gateway", c.name()), &zone)?;
+        let mut args = vec![
+            "--addr".to_owned(),
+            format!("0.0.0.0:{GATEWAY_PORT}"),
+            "--admin-addr".into(),
+            format!("0.0.0.0:{ADMIN_PORT}"),
+            "--probe-addr".into(),
+            format!("0.0.0.0:{PROBE_PORT}"),
+        ];
+        args.extend(discovery_args(discovery, &zone));
+        args.extend(tls_args(&certs));
+        gateway.spawn(meshlink_binary("gateway")?, &args)?;
+        wait_ready(&gateway, ADMIN_PORT).await?;
+        Ok(Self {
+            name: c.name().to_owned(),
+            controller: Some(controller),
+            discovery,
+            gateway,
+            mirror: None,
+        })
+    }
+}
+
+fn cluster<'h>(harness: &'h Harness, name: &str) -> Result<&'h Cluster> {
+    harness
+        .get(name)
+        .ok_or_else(|| Error::Invalid(format!("the scenario needs a cluster named {name}")))
+}
+
+fn first_zone(c: &Cluster) -> Result<String> {
+    c.zones()
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::Invalid(format!("cluster {} has no zones", c.name())))
+}
+
+fn discovery_args(discovery: SocketAddr, zone: &str) -> Vec<String> {
+    vec![
+        "--discovery-addr".into(),
+        discovery.to_string(),
+        "--zone".into(),
+        zone.to_owned(),
+    ]
+}
+
+/// App pod `svc-<n>`: `harness-echo http` on loopback behind a sidecar whose
+/// inbound listener (mTLS, app identity) holds the Service port.
+async fn start_app(east: &Cluster, n: usize, certs: &Path, discovery: SocketAddr) -> Result<Pod> {
+    let zone = first_zone(east)?;
+    let name = format!("{APP_SERVICE}-{n}");
+    let pod = east.create_pod(&name, &zone)?;
+    let app_port = APP_LOCAL_PORT.to_string();
+    pod.spawn(meshlink_binary("harness-echo")?, ["http", &app_port, &name])?;
+    let mut args = sidecar_args(&format!("127.0.0.1:{OUTBOUND_PORT}"), APP_PORT);
+    args.extend(["--app-addr".into(), format!("127.0.0.1:{APP_LOCAL_PORT}")]);
+    args.extend(discovery_args(discovery, &zone));
+    args.extend(tls_args(certs));
+    pod.spawn(meshlink_binary("proxy")?, &args)?;
+    wait_ready(&pod, ADMIN_PORT).await?;
+    pod.wait_listening(APP_PORT, WITHIN).await?;
+    Ok(pod)
+}
+
+/// West's client pod: a sidecar in explicit mode, every outbound connection to
+/// `svc-east`, its outbound listener on the pod address so test code can dial it.
+async fn start_client(west: &Cluster, pki: &Pki, discovery: SocketAddr) -> Result<Pod> {
+    let zone = first_zone(west)?;
+    let certs = pki.issue("west", "client", &identity("west", APP_NAMESPACE, "client"))?;
+    let pod = west.create_pod("client", &zone)?;
+    let mut args = sidecar_args(&format!("0.0.0.0:{OUTBOUND_PORT}"), INBOUND_PORT);
+    args.extend(["--outbound-target".into(), MIRROR_AUTHORITY.into()]);
+    args.extend(discovery_args(discovery, &zone));
+    args.extend(tls_args(&certs));
+    pod.spawn(meshlink_binary("proxy")?, &args)?;
+    wait_ready(&pod, ADMIN_PORT).await?;
+    Ok(pod)
+}
+
+fn sidecar_args(outbound: &str, inbound_port: u16) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--outbound-addr".into(),
+        outbound.to_owned(),
+        "--inbound-addr".into(),
+        format!("0.0.0.0:{inbound_port}"),
+        "--admin-addr".into(),
+        format!("0.0.0.0:{ADMIN_PORT}"),
+    ]
+}
+
+/// The mirror for Link `target` in `source`, in its own pod, with credentials to
+/// probe the target's gateway.
+async fn start_mirror(source: &Cluster, target: &str, pki: &Pki) -> Result<Pod> {
+    let zone = first_zone(source)?;
+    let name = format!("{}-mirror", source.name());
+    let sa = "meshlink-mirror";
+    let certs = pki.issue(
+        source.name(),
+        &name,
+        &identity(source.name(), MULTICLUSTER_NAMESPACE, sa),
+    )?;
+    let pod = source.create_pod(&name, &zone)?;
+    let kubeconfig = format!("KUBECONFIG={}", source.kubeconfig_path().display());
+    let mirror = meshlink_binary("mirror")?.display().to_string();
+    let dir = certs.display().to_string();
+    let admin = format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}");
+    pod.spawn(
+        "env",
+        [
+            kubeconfig.as_str(),
+            &mirror,
+            "--link",
+            target,
+            "-n",
+            MULTICLUSTER_NAMESPACE,
+            "--identity",
+            &name,
+            "--identity-dir",
+            &dir,
+            "--admin-addr",
+            &admin,
+        ],
+    )?;
+    wait_ready(&pod, CONTROLLER_ADMIN_PORT).await?;
+    Ok(pod)
+}
+
+/// Waits until `pod` listens on `port` and its admin server there says ready.
+async fn wait_ready(pod: &Pod, port: u16) -> Result<()> {
+    pod.wait_listening(port, WITHIN).await?;
+    let addr = SocketAddr::new(IpAddr::V4(pod.ip()), port);
+    let deadline = Instant::now() + WITHIN;
+    while !ready(addr).await {
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: format!("pod {} ready on {addr}", pod.name()),
+                seconds: WITHIN.as_secs(),
+                detail: "/ready never answered 200".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Namespaces and the Link CRD every cluster of the scenario needs.
+async fn prepare_cluster(c: &Cluster) -> Result<()> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for ns in [MULTICLUSTER_NAMESPACE, APP_NAMESPACE] {
+        let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        Api::<Namespace>::all(c.client())
+            .patch(ns, &pp, &Patch::Apply(object))
+            .await
+            .map_err(Error::kube(format!(
+                "applying namespace {ns} in {}",
+                c.name()
+            )))?;
+    }
+    let crd = Link::crd();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    Api::<CustomResourceDefinition>::all(c.client())
+        .patch(&name, &pp, &Patch::Apply(crd))
+        .await
+        .map_err(Error::kube(format!(
+            "applying the Link CRD in {}",
+            c.name()
+        )))?;
+    let links: Api<Link> = Api::all(c.client());
+    let deadline = Instant::now() + WITHIN;
+    while let Err(e) = links.list(&ListParams::default().limit(1)).await {
+        if Instant::now() > deadline {
+            return Err(Error::kube(format!("Links served in {}", c.name()))(e));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Field manager of what the scenario writes itself.
+const FIELD_MANAGER: &str = "scenario.meshlink.io";
+
+/// Puts the app's SPIFFE ID on the harness's EndpointSlice, so the gateway
+/// connects to the app's sidecar over mTLS pinned to it.
+async fn annotate_identity(east: &Cluster) -> Result<()> {
+    let slice = format!("{APP_SERVICE}-harness");
+    let patch =
+        json!({"metadata": {"annotations": {api::labels::ENDPOINT_IDENTITY: app_identity()}}});
+    Api::<EndpointSlice>::namespaced(east.client(), APP_NAMESPACE)
+        .patch(&slice, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(Error::kube(format!("annotating endpointslice {slice}")))?;
+    Ok(())
+}
+
+/// Runs `meshlink` against `c` with its admin kubeconfig; returns stdout.
+async fn meshlink(c: &Cluster, args: &[&str]) -> Result<String> {
+    let mut cmd = tokio::process::Command::new(meshlink_binary("meshlink")?);
+    cmd.arg("--kubeconfig")
+        .arg(c.kubeconfig_path())
+        .args(["--context", c.name()])
+        .args(args);
+    let line = format!("meshlink {}", args.join(" "));
+    let out = cmd
+        .output()
+        .await
+        .map_err(Error::io(format!("running {line}")))?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: line,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `meshlink link` against `target`, its output (Secret and Link) applied in
+/// `source`, the way an operator pipes it into `kubectl apply`.
+async fn link(target: &Cluster, source: &Cluster) -> Result<()> {
+    let gateway = target.gateway_address().to_string();
+    let (port, probe) = (GATEWAY_PORT.to_string(), PROBE_PORT.to_string());
+    let identity = gateway_identity(target.name());
+    let manifests = meshlink(
+        target,
+        &[
+            "link",
+            "--cluster-name",
+            target.name(),
+            "--gateway-addresses",
+            &gateway,
+            "--gateway-port",
+            &port,
+            "--probe-port",
+            &probe,
+            "--gateway-identity",
+            &identity,
+        ],
+    )
+    .await?;
+    apply_manifests(source, &manifests).await
+}
+
+/// Server-side applies each document of a YAML stream of Secrets and Links.
+async fn apply_manifests(c: &Cluster, yaml: &str) -> Result<()> {
+    use serde::Deserialize;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let object = serde_json::Value::deserialize(doc)
+            .map_err(|e| Error::Invalid(format!("meshlink link printed bad YAML: {e}")))?;
+        let resource = match object["kind"].as_str() {
+            Some("Secret") => ApiResource::erase::<Secret>(&()),
+            Some("Link") => ApiResource::erase::<Link>(&()),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unexpected manifest kind {other:?}"
+                )));
+            }
+        };
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(MULTICLUSTER_NAMESPACE)
+            .to_owned();
+        Api::<DynamicObject>::namespaced_with(c.client(), &ns, &resource)
+            .patch(&name, &pp, &Patch::Apply(&object))
+            .await
+            .map_err(Error::kube(format!(
+                "applying {} {ns}/{name}",
+                resource.kind
+            )))?;
+    }
+    Ok(())
+}
+
+/// Resolves `authority` through `discovery` until the endpoint set satisfies
+/// `want`, or fails after `within` naming what it last saw.
+pub async fn resolve_until(
+    discovery: &GrpcDiscovery,
+    authority: &str,
+    within: Duration,
+    want: impl Fn(&proxy::discovery::EndpointSet) -> bool,
+) -> Result<proxy::discovery::EndpointSet> {
+    use proxy::discovery::Discovery as _;
+    let deadline = Instant::now() + within;
+    let mut last = String::from("no such service");
+    while Instant::now() < deadline {
+        let resolved = discovery
+            .resolve(authority)
+            .await
+            .map_err(|e| Error::Invalid(format!("resolving {authority}: {e}")))?;
+        if let Some(mut rx) = resolved {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let waited = tokio::time::timeout(left, rx.wait_for(|set| want(set)))
+                .await
+                .map(|r| r.map(|set| set.clone()));
+            match waited {
+                Ok(Ok(set)) => return Ok(set),
+                Ok(Err(_)) => last = "discovery stream closed".into(),
+                Err(_) => last = format!("{:?}", rx.borrow()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::Timeout {
+        what: format!("discovery of {authority}"),
+        seconds: within.as_secs(),
+        detail: format!("last seen: {last}"),
+    })
+}
