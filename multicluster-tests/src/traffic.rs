@@ -95,6 +95,8 @@ impl HttpClient {
         let tcp = TcpStream::connect(self.addr)
             .await
             .map_err(Error::io(format!("connecting to {}", self.addr)))?;
+        tcp.set_nodelay(true)
+            .map_err(Error::io(format!("TCP_NODELAY to {}", self.addr)))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| Error::Invalid(format!("HTTP handshake with {}: {e}", self.addr)))?;

@@ -1,10 +1,21 @@
-//! `demo`: brings up two local clusters, east and west, prints how to reach them and
-//! keeps them up until Ctrl-C (or SIGTERM), then removes everything it created.
+//! `demo`: meshlink end to end on this machine. Two clusters, east and west, each
+//! with its control plane, gateway and mirror (the shared
+//! `multicluster_tests::scenario`); west linked to east; Service `demo/svc`
+//! exported in east; then west's client calls `svc-east` through its sidecar and
+//! east's gateway, printing what it got and a summary once a second until Ctrl-C
+//! (or SIGTERM), when everything it created is removed.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use multicluster_tests::{Binaries, Harness};
+use multicluster_tests::scenario::MIRROR_AUTHORITY;
+use multicluster_tests::traffic::HttpClient;
+use multicluster_tests::{Binaries, Harness, Scenario};
+
+/// Pause between the client's requests (about 50 a second, one at a time).
+const PACE: Duration = Duration::from_millis(20);
+/// A request without an answer after this counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn step(text: &str) {
     println!("==> {text}");
@@ -13,16 +24,15 @@ fn step(text: &str) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     multicluster_tests::init_tracing();
+    let started = Instant::now();
 
-    step("locating Kubernetes binaries (the first run builds them: several minutes)");
+    step(
+        "locating Kubernetes binaries (the first run builds them from Go modules: about ten minutes)",
+    );
     let binaries = Binaries::locate().context("Kubernetes binaries")?;
     println!("    kube-apiserver: {}", binaries.kube_apiserver.display());
-    if binaries.kube_controller_manager.is_none() {
-        println!("    kube-controller-manager not built: running without it");
-    }
 
     step("starting etcd, network namespaces and clusters east and west");
-    let started = Instant::now();
     let harness = Harness::builder()
         .binaries(binaries)
         .cluster("east")
@@ -31,31 +41,148 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the clusters")?;
     step(&format!(
-        "clusters ready in {:.1} s",
+        "clusters ready after {:.1} s",
         started.elapsed().as_secs_f64()
     ));
+    print_clusters(&harness);
 
-    let plan = harness.address_plan();
-    for cluster in harness.clusters() {
-        println!();
-        println!("cluster {}", cluster.name());
-        println!("    server:      {}", cluster.server_url());
-        println!("    kubeconfig:  {}", cluster.kubeconfig_path().display());
-        println!(
-            "    try:         kubectl --kubeconfig {} get namespaces",
-            cluster.kubeconfig_path().display()
-        );
-        println!("    zones:       {}", cluster.zones().join(", "));
-        println!("    pod subnet:  {}", cluster.pod_subnet());
-        println!("    gateway:     {}", cluster.gateway_address());
-    }
-    println!();
-    println!("harness dir: {}", harness.dir().display());
-    println!("network namespaces: {}*", plan.netns_prefix());
-    println!("apiservers and etcd listen on {}", plan.host());
+    let scenario = Scenario::start(&harness, &mut step)
+        .await
+        .context("starting meshlink")?;
+    print_pods(&scenario);
+
+    let client = scenario.client_addr();
+    step(&format!(
+        "west: calling http://{MIRROR_AUTHORITY}/ through the client's sidecar ({client}), east's gateway and the app's sidecar"
+    ));
+    let mut http = HttpClient::new(client, MIRROR_AUTHORITY, REQUEST_TIMEOUT);
+    let answer = http.get("/hello").await.context("the first request")?;
+    println!(
+        "    got: {} {} (first answer {:.1} s after the demo started)",
+        answer.status,
+        answer.body.trim_end(),
+        started.elapsed().as_secs_f64()
+    );
     step("ready; press Ctrl-C to stop and clean up");
-
     // The harness's signal handler cleans up and exits on Ctrl-C or SIGTERM.
-    std::future::pending::<()>().await;
-    Ok(())
+    run_client(&mut http).await
+}
+
+fn print_clusters(harness: &Harness) {
+    for cluster in harness.clusters() {
+        println!(
+            "    {}: server {}, kubeconfig {}, pod subnet {}, gateway {}",
+            cluster.name(),
+            cluster.server_url(),
+            cluster.kubeconfig_path().display(),
+            cluster.pod_subnet(),
+            cluster.gateway_address()
+        );
+    }
+    println!("harness dir: {}", harness.dir().display());
+    println!(
+        "network namespaces: {}*",
+        harness.address_plan().netns_prefix()
+    );
+}
+
+fn print_pods(scenario: &Scenario) {
+    println!("    pods (logs in <harness dir>/<cluster>/pods/<pod>.log):");
+    for pod in scenario.pods() {
+        println!(
+            "      {:<6} {:<16} {:<15} netns {}",
+            pod.cluster(),
+            pod.name(),
+            pod.ip(),
+            pod.netns()
+        );
+    }
+}
+
+/// Sends requests one after another, printing a [`Window`] summary each second.
+async fn run_client(http: &mut HttpClient) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut window = Window::default();
+    let mut report = tokio::time::interval(Duration::from_secs(1));
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    report.tick().await;
+    loop {
+        tokio::select! {
+            _ = report.tick() => {
+                println!("[{:>4} s] {}", started.elapsed().as_secs(), window.take());
+            }
+            () = tokio::time::sleep(PACE) => {
+                let sent = Instant::now();
+                let result = http.get("/").await;
+                window.record(sent.elapsed(), result.map(|a| (a.status, a.body)));
+            }
+        }
+    }
+}
+
+/// What the client saw during one reporting interval.
+#[derive(Debug, Default)]
+struct Window {
+    latencies: Vec<Duration>,
+    ok: u64,
+    failed: u64,
+    last: String,
+}
+
+impl Window {
+    fn record(&mut self, latency: Duration, result: multicluster_tests::Result<(u16, String)>) {
+        self.latencies.push(latency);
+        match result {
+            Ok((200, body)) => {
+                self.ok += 1;
+                self.last = body.trim_end().to_owned();
+            }
+            Ok((status, _)) => {
+                self.failed += 1;
+                self.last = format!("HTTP {status}");
+            }
+            Err(e) => {
+                self.failed += 1;
+                self.last = format!("error: {e}");
+            }
+        }
+    }
+
+    /// The summary line, resetting the window for the next interval.
+    fn take(&mut self) -> String {
+        let this = std::mem::take(self);
+        let total = this.ok + this.failed;
+        if total == 0 {
+            return "no requests completed".into();
+        }
+        let mut sorted = this.latencies;
+        sorted.sort();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        format!(
+            "{total} requests, {:.1}% ok, p50 {:.2} ms, p99 {:.2} ms, last: {}",
+            100.0 * this.ok as f64 / total as f64,
+            at(0.50).as_secs_f64() * 1e3,
+            at(0.99).as_secs_f64() * 1e3,
+            this.last
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_successes_and_quantiles() {
+        let mut w = Window::default();
+        for ms in 1..=100 {
+            w.record(Duration::from_millis(ms), Ok((200, "svc-1 GET /\n".into())));
+        }
+        w.record(Duration::from_millis(500), Ok((503, String::new())));
+        assert_eq!(
+            w.take(),
+            "101 requests, 99.0% ok, p50 51.00 ms, p99 100.00 ms, last: HTTP 503"
+        );
+        assert_eq!(w.take(), "no requests completed");
+    }
 }

@@ -63,6 +63,7 @@ fn serve_http(port: u16, name: &str) -> anyhow::Result<()> {
 
 /// Answers HTTP/1 requests until the client closes, or echoes a non-HTTP stream.
 fn http_or_echo(conn: TcpStream, name: &str) -> std::io::Result<()> {
+    conn.set_nodelay(true)?;
     let mut out = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
@@ -81,12 +82,13 @@ fn http_or_echo(conn: TcpStream, name: &str) -> std::io::Result<()> {
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let body = format!("{name} {method} {path}\n");
         skip_headers_and_body(&mut reader)?;
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+        // One write per answer: with Nagle, a second small write would wait for
+        // the peer's delayed ACK (tens of milliseconds).
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
-        out.write_all(head.as_bytes())?;
-        out.write_all(body.as_bytes())?;
+        out.write_all(answer.as_bytes())?;
         line.clear();
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
