@@ -8,8 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use api::link::Link;
+use kube::Api;
 use multicluster_tests::scenario::{
-    GATEWAY_PORT, MIRROR_AUTHORITY, REMOTE_AUTHORITY, gateway_identity, resolve_until,
+    GATEWAY_PORT, MIRROR_AUTHORITY, MULTICLUSTER_NAMESPACE, REMOTE_AUTHORITY, gateway_identity,
+    resolve_until,
 };
 use multicluster_tests::traffic::{Answer, HttpClient, TcpOutcome, tcp_exchange};
 use multicluster_tests::{Harness, Scenario};
@@ -78,6 +81,7 @@ async fn west_reaches_an_exported_east_service_through_the_gateway() -> Result<(
         (gateway.cluster.as_deref(), gateway.tier),
         (Some("east"), 2)
     );
+    gateway_alive_in_link(&harness).await?;
 
     // HTTP and opaque TCP through west's sidecar arrive at east's app.
     let mut http = HttpClient::new(client, MIRROR_AUTHORITY, QUICK);
@@ -105,6 +109,24 @@ async fn west_reaches_an_exported_east_service_through_the_gateway() -> Result<(
     ));
     eprintln!("whole test {:?}", started.elapsed());
     Ok(())
+}
+
+/// West's mirror reports east's gateway alive: its mTLS probe of the gateway's
+/// probe port saw the gateway identity the Link names.
+async fn gateway_alive_in_link(harness: &Harness) -> Result<()> {
+    let links: Api<Link> =
+        Api::namespaced(harness.cluster("west").client(), MULTICLUSTER_NAMESPACE);
+    let started = Instant::now();
+    loop {
+        let link = links.get("east").await?;
+        if link.status.and_then(|s| s.gateway_alive) == Some(true) {
+            return Ok(());
+        }
+        if started.elapsed() > CONVERGE {
+            bail!("west's Link never reported east's gateway alive");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// East scaled up: both apps answer through the one gateway endpoint. Scaled to
@@ -164,6 +186,7 @@ async fn unexport_refuses_quickly(
     let answer = http.get("/gone").await?;
     assert_eq!(answer.status, 503);
     let outcome = tcp_exchange(client, QUICK).await?;
+    eprintln!("TCP after unexport: {outcome:?}");
     assert!(
         matches!(outcome, TcpOutcome::Closed(_)),
         "TCP after unexport: {outcome:?}"
