@@ -280,6 +280,16 @@ impl Scenario {
         pods
     }
 
+    /// The last lines of every pod's log (its processes' output), for reports
+    /// of a failed test: the logs go away with the harness.
+    pub fn log_tails(&self) -> String {
+        let tail = |p: &Pod| crate::process::log_tail(&p.log_dir.join(format!("{}.log", p.name)));
+        self.pods()
+            .into_iter()
+            .map(|p| format!("--- pod {}/{}\n{}\n", p.cluster(), p.name(), tail(p)))
+            .collect()
+    }
+
     fn side_index(&self, cluster: &str) -> Result<usize> {
         self.sides
             .iter()
