@@ -30,6 +30,9 @@
 //!   `publish(ns, service, port, pods)`.
 //! - [`Pod`]: `ip()`, `gateway_address()`, `zone()`, `netns()`, `spawn(program,
 //!   args)`, `command(program)`, `wait_listening(port, deadline)`, `pids()`.
+//! - [`Scenario`] (module [`scenario`]): meshlink on `east` and `west`, every
+//!   component a real process in its own pod, shared by the end-to-end test and
+//!   the demo; [`traffic`] has the HTTP and opaque TCP clients both use.
 //!
 //! Everything a harness creates is removed when it is dropped, when a test panics
 //! (unwinding drops it) and on SIGINT/SIGTERM. Tests must run as root. See

@@ -44,6 +44,11 @@ impl HttpClient {
         }
     }
 
+    /// The listener this client sends to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `GET path`, reusing the connection when it is still open. A failed
     /// request drops the connection, so the next one starts afresh.
     pub async fn get(&mut self, path: &str) -> Result<Answer> {

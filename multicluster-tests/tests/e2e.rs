@@ -25,6 +25,8 @@ const QUICK: Duration = Duration::from_secs(3);
 /// How long a request that should succeed may take, generous for a loaded
 /// machine (debug builds, two cores shared with builds).
 const ANSWER: Duration = Duration::from_secs(10);
+/// Concurrent requests per round when checking that new east pods get traffic.
+const BURST: usize = 48;
 
 /// Sends `GET path` through `client` until `done` accepts the answer (requests
 /// that fail or time out count as "not yet"); returns it with the time taken.
@@ -153,11 +155,20 @@ async fn scale_follows_in_west(
 ) -> Result<()> {
     let west = scenario.discovery("west")?;
     scenario.scale(harness, 2).await?;
+    // The gateway's balancer prefers the warm pod (a new one starts at a 30 ms
+    // estimate), so send bursts of concurrent requests: in-flight load makes it
+    // spill to the new pod.
     let mut seen = BTreeSet::new();
     let started = Instant::now();
     while seen.len() < 2 && started.elapsed() < CONVERGE {
-        let answer = http.get("/who").await?;
-        seen.insert(answer.body.split(' ').next().unwrap_or("").to_owned());
+        let burst = (0..BURST).map(|_| async {
+            HttpClient::new(http.addr(), MIRROR_AUTHORITY, ANSWER)
+                .get("/who")
+                .await
+        });
+        for answer in futures::future::join_all(burst).await {
+            seen.insert(answer?.body.split(' ').next().unwrap_or("").to_owned());
+        }
     }
     assert_eq!(
         seen,

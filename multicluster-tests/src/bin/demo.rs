@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use multicluster_tests::scenario::MIRROR_AUTHORITY;
-use multicluster_tests::traffic::HttpClient;
+use multicluster_tests::traffic::{Answer, HttpClient};
 use multicluster_tests::{Binaries, Harness, Scenario};
 
 /// Pause between the client's requests (about 50 a second, one at a time).
 const PACE: Duration = Duration::from_millis(20);
 /// A request without an answer after this counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the first request may keep failing before the demo gives up.
+const FIRST_ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 fn step(text: &str) {
     println!("==> {text}");
@@ -56,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         "west: calling http://{MIRROR_AUTHORITY}/ through the client's sidecar ({client}), east's gateway and the app's sidecar"
     ));
     let mut http = HttpClient::new(client, MIRROR_AUTHORITY, REQUEST_TIMEOUT);
-    let answer = http.get("/hello").await.context("the first request")?;
+    let answer = first_answer(&mut http).await?;
     println!(
         "    got: {} {} (first answer {:.1} s after the demo started)",
         answer.status,
@@ -66,6 +68,24 @@ async fn main() -> anyhow::Result<()> {
     step("ready; press Ctrl-C to stop and clean up");
     // The harness's signal handler cleans up and exits on Ctrl-C or SIGTERM.
     run_client(&mut http).await
+}
+
+/// The first successful answer; discovery already resolved `svc-east`, but the
+/// path's connections are still being made, so a few attempts may be needed.
+async fn first_answer(http: &mut HttpClient) -> anyhow::Result<Answer> {
+    let deadline = Instant::now() + FIRST_ANSWER_WITHIN;
+    loop {
+        let last = match http.get("/hello").await {
+            Ok(answer) if answer.status == 200 => return Ok(answer),
+            Ok(answer) => format!("HTTP {}", answer.status),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            anyhow::bail!("no answer through the mesh within {FIRST_ANSWER_WITHIN:?}: {last}");
+        }
+        println!("    not yet ({last}); retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn print_clusters(harness: &Harness) {
