@@ -119,8 +119,10 @@ impl HttpClient {
 pub enum TcpOutcome {
     /// `harness-echo` greeted with this name and echoed the line back.
     Echoed(String),
-    /// The connection was closed or reset before a greeting.
-    Closed(String),
+    /// The connection was reset before a greeting.
+    Reset,
+    /// The connection ended (or failed otherwise) before a proper exchange.
+    Ended(String),
 }
 
 /// Connects to `addr`, sends a non-HTTP line first (so detection decides opaque
@@ -132,13 +134,16 @@ pub async fn tcp_exchange(addr: SocketAddr, timeout: Duration) -> Result<TcpOutc
         let mut reader = BufReader::new(tcp);
         let (mut greeting, mut echo) = (String::new(), String::new());
         match reader.read_line(&mut greeting).await {
-            Ok(0) => return Ok(TcpOutcome::Closed("end of stream".into())),
+            Ok(0) => return Ok(TcpOutcome::Ended("end of stream".into())),
             Ok(_) => {}
-            Err(e) => return Ok(TcpOutcome::Closed(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(TcpOutcome::Reset);
+            }
+            Err(e) => return Ok(TcpOutcome::Ended(e.to_string())),
         }
         reader.read_line(&mut echo).await?;
         if echo.trim_end() != "opaque hello" {
-            return Ok(TcpOutcome::Closed(format!("echo was {echo:?}")));
+            return Ok(TcpOutcome::Ended(format!("echo was {echo:?}")));
         }
         Ok(TcpOutcome::Echoed(greeting.trim_end().to_owned()))
     };

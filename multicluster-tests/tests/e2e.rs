@@ -192,7 +192,7 @@ async fn scale_follows_in_west(
     Ok(())
 }
 
-/// Unexporting removes the mirror: HTTP gets 503 and TCP is closed, each within
+/// Unexporting removes the mirror: HTTP gets 503 and TCP a reset, each within
 /// [`QUICK`], never a hang. Exporting again restores traffic.
 async fn unexport_refuses_quickly(
     harness: &Harness,
@@ -212,10 +212,7 @@ async fn unexport_refuses_quickly(
     assert_eq!(answer.status, 503);
     let outcome = tcp_exchange(client, QUICK).await?;
     eprintln!("TCP after unexport: {outcome:?}");
-    assert!(
-        matches!(outcome, TcpOutcome::Closed(_)),
-        "TCP after unexport: {outcome:?}"
-    );
+    assert_eq!(outcome, TcpOutcome::Reset, "TCP after unexport");
     assert!(
         refused.elapsed() < QUICK,
         "refusals took {:?}",

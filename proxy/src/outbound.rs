@@ -87,6 +87,12 @@ impl Outbound {
         let (name, port) = self.target_of(&stream)?;
         let (protocol, io) = self.config.detect.run(stream, port).await?;
         let target = self.route(&name).await?;
+        if !protocol.is_http() && target.balancer.endpoints().is_empty() {
+            // An opaque client cannot be told "unavailable": reset, so it fails at
+            // once instead of reading what looks like an orderly end of stream.
+            reset(io.get_ref());
+            return Err(Error::NoEndpoints(name));
+        }
         forward::forward(io, protocol, target, &self.ctx, drain).await;
         Ok(())
     }
@@ -123,5 +129,12 @@ impl Outbound {
             .parse()
             .map_err(|_| Error::NoEndpoints(name.to_string()))?;
         Ok(self.router.fixed(name, vec![Endpoint::plain(addr)]))
+    }
+}
+
+/// Makes the close of `stream` (when it is dropped) a TCP reset.
+fn reset(stream: &TcpStream) {
+    if let Err(error) = stream.set_zero_linger() {
+        tracing::debug!(%error, "setting SO_LINGER for a reset");
     }
 }
