@@ -148,3 +148,72 @@ fn log_settings_are_validated() {
         Err(LogError::Filter(_))
     ));
 }
+
+/// The gateway's probe port: the same routes behind mutual TLS. A client that
+/// checks the server identity gets `/ready`; a plaintext client gets nothing.
+#[tokio::test]
+async fn serve_tls_answers_over_mutual_tls_only() {
+    use crate::pki::{Ca, Validity};
+    use crate::tls::{Credentials, TlsConfigs, TrustBundle};
+    use api::identity::SpiffeId;
+    crate::tls::install_default_provider();
+    let ca = Ca::root("admin test root", Validity::days(1)).unwrap();
+    let configs = |id: &str| {
+        let leaf = ca
+            .issue(&SpiffeId::parse(id).unwrap(), &[], Validity::days(1))
+            .unwrap();
+        let bundle = TrustBundle::from_pem(None, ca.root_pem().as_bytes()).unwrap();
+        let creds = Credentials::from_pem(
+            leaf.chain_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            vec![bundle],
+        )
+        .unwrap();
+        Arc::new(TlsConfigs::build(&creds, &[]).unwrap())
+    };
+    let gateway_id = "spiffe://east.test/ns/mc/sa/gateway";
+    let (_tls_tx, tls) = watch::channel(configs(gateway_id));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_ready_tx, ready) = watch::channel(true);
+    let state = AdminState {
+        registry: Arc::new(Registry::default()),
+        ready,
+    };
+    tokio::spawn(serve_tls(listener, state, tls, std::future::pending()));
+
+    let expected = SpiffeId::parse(gateway_id).unwrap();
+    let client = configs("spiffe://west.test/ns/mc/sa/mirror").client_for(&expected, None);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (io, _) = crate::tls::connect(client, tcp, &expected, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/ready")
+        .header(header::HOST, "probe")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let plain = tokio::time::timeout(Duration::from_secs(5), async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/ready")
+            .header(header::HOST, "probe")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(req).await
+    })
+    .await
+    .unwrap();
+    assert!(plain.is_err(), "plaintext got an answer: {plain:?}");
+}
