@@ -188,32 +188,25 @@ async fn serve_tls_answers_over_mutual_tls_only() {
     let (io, _) = crate::tls::connect(client, tcp, &expected, Duration::from_secs(5))
         .await
         .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    assert_eq!(get_ready(io).await.unwrap(), StatusCode::OK);
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let plain = tokio::time::timeout(Duration::from_secs(5), get_ready(tcp))
         .await
         .unwrap();
+    assert!(plain.is_err(), "plaintext got an answer: {plain:?}");
+}
+
+/// `GET /ready` over an established connection.
+async fn get_ready<IO>(io: IO) -> Result<StatusCode, hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(conn);
     let req = Request::get("/ready")
         .header(header::HOST, "probe")
         .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    assert_eq!(
-        sender.send_request(req).await.unwrap().status(),
-        StatusCode::OK
-    );
-
-    let plain = tokio::time::timeout(Duration::from_secs(5), async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get("/ready")
-            .header(header::HOST, "probe")
-            .body(http_body_util::Empty::<Bytes>::new())
-            .unwrap();
-        sender.send_request(req).await
-    })
-    .await
-    .unwrap();
-    assert!(plain.is_err(), "plaintext got an answer: {plain:?}");
+        .expect("a valid request");
+    Ok(sender.send_request(req).await?.status())
 }
