@@ -60,6 +60,8 @@ const DISCOVERY_PORT: u16 = 8086;
 const CONTROLLER_ADMIN_PORT: u16 = 9990;
 const ADMIN_PORT: u16 = 4191;
 const OUTBOUND_PORT: u16 = 4140;
+/// The client sidecar's outbound port (explicit-proxy mode, to `svc-east`).
+pub const CLIENT_OUTBOUND_PORT: u16 = OUTBOUND_PORT;
 const INBOUND_PORT: u16 = 4143;
 /// How long a component may take to report ready, and a mirror to converge.
 const WITHIN: Duration = Duration::from_secs(60);
@@ -212,6 +214,12 @@ impl Scenario {
     /// explicit proxy whose every connection goes to `svc-east`.
     pub fn client_addr(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(self.client.ip()), OUTBOUND_PORT)
+    }
+
+    /// West's client pod, whose sidecar's outbound listener is port
+    /// [`CLIENT_OUTBOUND_PORT`] (on every address of the pod).
+    pub fn client_pod(&self) -> &Pod {
+        &self.client
     }
 
     /// The discovery API of `cluster`'s controller.

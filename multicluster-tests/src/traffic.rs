@@ -1,8 +1,10 @@
 //! Clients for the scenario's traffic, used by the end-to-end test and the demo:
 //! HTTP/1.1 requests over a kept-alive connection (reconnecting after an error),
-//! and an opaque TCP exchange with `harness-echo`.
+//! an opaque TCP exchange with `harness-echo`, and a way to run a client inside a
+//! pod's network namespace (as that pod's app) from the test or demo process.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -151,4 +153,32 @@ pub async fn tcp_exchange(addr: SocketAddr, timeout: Duration) -> Result<TcpOutc
         .await
         .map_err(|_| Error::Invalid(format!("TCP via {addr}: nothing within {timeout:?}")))?
         .map_err(Error::io(format!("TCP via {addr}")))
+}
+
+/// Runs `task` on a new thread inside network namespace `netns` (a pod's), on a
+/// single-threaded runtime of its own: the sockets it opens belong to the pod,
+/// as its app's would (`127.0.0.1` is the pod's loopback). The thread ends with
+/// the task.
+pub fn spawn_in_netns<T, F, Fut>(netns: &str, task: F) -> Result<std::thread::JoinHandle<Result<T>>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let path = Path::new("/run/netns").join(netns);
+    let file =
+        std::fs::File::open(&path).map_err(Error::io(format!("opening {}", path.display())))?;
+    std::thread::Builder::new()
+        .name(format!("netns-{netns}"))
+        .spawn(move || {
+            // Only this thread moves; the rest of the process stays where it was.
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::Invalid(format!("entering {}: {e}", path.display())))?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::io("starting a runtime in the pod"))?
+                .block_on(task())
+        })
+        .map_err(Error::io("starting a thread"))
 }

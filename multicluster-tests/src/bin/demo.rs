@@ -1,15 +1,17 @@
 //! `demo`: meshlink end to end on this machine. Two clusters, east and west, each
 //! with its control plane, gateway and mirror (the shared
 //! `multicluster_tests::scenario`); west linked to east; Service `demo/svc`
-//! exported in east; then west's client calls `svc-east` through its sidecar and
-//! east's gateway, printing what it got and a summary once a second until Ctrl-C
-//! (or SIGTERM), when everything it created is removed.
+//! exported in east; then west's client pod calls `svc-east` through its sidecar
+//! and east's gateway (a thread of this process inside the pod's network
+//! namespace plays the pod's app), printing what it got and a summary once a
+//! second until Ctrl-C (or SIGTERM), when everything it created is removed.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use multicluster_tests::scenario::MIRROR_AUTHORITY;
-use multicluster_tests::traffic::{Answer, HttpClient};
+use multicluster_tests::scenario::{CLIENT_OUTBOUND_PORT, MIRROR_AUTHORITY};
+use multicluster_tests::traffic::{Answer, HttpClient, spawn_in_netns};
 use multicluster_tests::{Binaries, Harness, Scenario};
 
 /// Pause between the client's requests (about 50 a second, one at a time).
@@ -53,11 +55,29 @@ async fn main() -> anyhow::Result<()> {
         .context("starting meshlink")?;
     print_pods(&scenario);
 
-    let client = scenario.client_addr();
+    let pod = scenario.client_pod();
+    let sidecar = SocketAddr::from((Ipv4Addr::LOCALHOST, CLIENT_OUTBOUND_PORT));
     step(&format!(
-        "west: calling http://{MIRROR_AUTHORITY}/ through the client's sidecar ({client}), east's gateway and the app's sidecar"
+        "west: pod {} calls http://{MIRROR_AUTHORITY}/ through its sidecar ({sidecar} in the pod), east's gateway and the app's sidecar",
+        pod.name()
     ));
-    let mut http = HttpClient::new(client, MIRROR_AUTHORITY, REQUEST_TIMEOUT);
+    let client = spawn_in_netns(pod.netns(), move || async move {
+        call_svc_east(sidecar, started)
+            .await
+            .map_err(|e| multicluster_tests::Error::Invalid(format!("{e:#}")))
+    })?;
+    // The client runs until Ctrl-C or SIGTERM; the harness's handler for them
+    // cleans up and exits.
+    match tokio::task::spawn_blocking(move || client.join()).await? {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("the client thread panicked"),
+    }
+}
+
+/// West's app, inside the client pod: the first answer, then requests until the
+/// process ends.
+async fn call_svc_east(sidecar: SocketAddr, started: Instant) -> anyhow::Result<()> {
+    let mut http = HttpClient::new(sidecar, MIRROR_AUTHORITY, REQUEST_TIMEOUT);
     let answer = first_answer(&mut http).await?;
     println!(
         "    got: {} {} (first answer {:.1} s after the demo started)",
@@ -66,7 +86,6 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     step("ready; press Ctrl-C to stop and clean up");
-    // The harness's signal handler cleans up and exits on Ctrl-C or SIGTERM.
     run_client(&mut http).await
 }
 
