@@ -145,6 +145,7 @@ fn tls_args(dir: &Path) -> Vec<String> {
 #[derive(Debug)]
 struct Side {
     name: String,
+    zone: String,
     controller: Option<Pod>,
     discovery: SocketAddr,
     gateway: Pod,
@@ -181,7 +182,9 @@ impl Scenario {
             ));
             sides.push(Side::start(c, &pki).await?);
         }
-        step("east: starting app pod svc-1 (harness-echo behind its inbound sidecar)");
+        step(&format!(
+            "west: starting pod client with its sidecar (every outbound connection to {MIRROR_AUTHORITY})"
+        ));
         let mut this = Self {
             app_certs: pki.issue("east", "app", &app_identity())?,
             client: start_client(west, &pki, sides[1].discovery).await?,
@@ -189,6 +192,7 @@ impl Scenario {
             apps: Vec::new(),
             apps_started: 0,
         };
+        step("east: starting app pod svc-1 (harness-echo behind its inbound sidecar)");
         this.scale(harness, 1).await?;
         step("east: exporting Service demo/svc (meshlink export svc)");
         this.export(harness, true).await?;
@@ -228,18 +232,14 @@ impl Scenario {
     }
 
     /// A proxy's gRPC discovery client for `cluster`'s controller, subscribing from
-    /// that cluster's first zone.
+    /// the zone the scenario's pods of that cluster run in.
     pub fn discovery(&self, cluster: &str) -> Result<GrpcDiscovery> {
-        let addr = self.discovery_addr(cluster)?;
+        let side = &self.sides[self.side_index(cluster)?];
+        let addr = side.discovery;
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Error::Invalid(format!("discovery address {addr}: {e}")))?
             .connect_lazy();
-        Ok(GrpcDiscovery::new(channel, format!("{cluster}-a")))
-    }
-
-    /// Names of east's running app pods (what the app answers with).
-    pub fn app_names(&self) -> Vec<String> {
-        self.apps.iter().map(|p| p.name().to_owned()).collect()
+        Ok(GrpcDiscovery::new(channel, side.zone.clone()))
     }
 
     /// Runs `replicas` app pods in east and publishes exactly those as the
@@ -348,6 +348,7 @@ impl Side {
         wait_ready(&gateway, ADMIN_PORT).await?;
         Ok(Self {
             name: c.name().to_owned(),
+            zone,
             controller: Some(controller),
             discovery,
             gateway,
