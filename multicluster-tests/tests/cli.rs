@@ -684,3 +684,76 @@ async fn check_wait_retries_until_the_failing_check_passes() {
         "{stdout}"
     );
 }
+
+/// Server-side applies `object` with strict schema validation: unknown or
+/// duplicate fields are errors, not warnings.
+async fn apply_strict(client: &Client, object: &Value) -> Result<DynamicObject, kube::Error> {
+    let gvk = kube::api::GroupVersionKind::try_from(&kube::api::TypeMeta {
+        api_version: object["apiVersion"].as_str().unwrap().to_owned(),
+        kind: object["kind"].as_str().unwrap().to_owned(),
+    })
+    .unwrap();
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+        Some(ns) if caps.scope == kube::discovery::Scope::Namespaced => {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        _ => Api::all_with(client.clone(), &resource),
+    };
+    let name = object["metadata"]["name"].as_str().unwrap();
+    let params = PatchParams::apply("meshlink-install-test").validation_strict();
+    api.patch(name, &params, &Patch::Apply(object)).await
+}
+
+#[tokio::test]
+async fn install_output_applies_to_a_real_apiserver_with_strict_validation() {
+    let harness = Harness::builder()
+        .cluster("west")
+        .without_controller_manager()
+        .start()
+        .await
+        .unwrap();
+    let west = harness.cluster("west");
+    let client = west.client();
+    // Strict validation is really on: a misspelled field is refused.
+    let typo = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "typo", "namespace": "default"}, "dta": {"a": "b"}});
+    let err = apply_strict(&client, &typo).await.unwrap_err();
+    assert!(err.to_string().contains("dta"), "{err}");
+
+    for args in [
+        &["install", "--ha", "--set", "links[0].name=east,links[1].name=north"][..],
+        &["install", "--gateway=false"][..],
+    ] {
+        let run = meshlink(west, args);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let mut kinds = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&run.stdout) {
+            let object = <Value as serde::Deserialize>::deserialize(doc).unwrap();
+            let applied = apply_strict(&client, &object).await;
+            let key = format!("{}/{}", object["kind"], object["metadata"]["name"]);
+            assert!(applied.is_ok(), "{key}: {applied:?}");
+            kinds.push(key);
+        }
+        assert!(kinds.len() >= 8, "{kinds:?}");
+    }
+    // What the chart set is what the apiserver stored.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), MC_NS);
+    let mirror = deployments.get("meshlink-mirror-north").await.unwrap();
+    let pod = mirror.spec.unwrap().template.spec.unwrap();
+    let security = pod.containers[0].security_context.clone().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), MC_NS);
+    assert!(pdbs.get_opt("meshlink-gateway").await.unwrap().is_some());
+    let services: Api<Service> = Api::namespaced(client.clone(), MC_NS);
+    let gateway = services.get("meshlink-gateway").await.unwrap();
+    assert!(
+        kube::ResourceExt::annotations(&gateway)[labels::ENDPOINT_IDENTITY].ends_with("/sa/meshlink-gateway"),
+        "{:?}",
+        gateway.metadata.annotations
+    );
+}
