@@ -542,7 +542,39 @@ async fn link_east_into_west(harness: &Harness) -> Api<Link> {
     let run = meshlink(east, &args);
     assert_eq!(run.code, 0, "{}", run.stderr);
     apply_yaml(&west.client(), &run.stdout).await;
+    mirror_lease(west, Some("meshlink-mirror-east-0")).await;
     Api::namespaced(west.client(), MC_NS)
+}
+
+/// Holds (or with `holder: None` releases) the Lease of east's mirror controller
+/// in west, as a running mirror does; long-lived so slow runs do not expire it.
+async fn mirror_lease(west: &Cluster, holder: Option<&str>) {
+    // MicroTime: exactly six fractional digits.
+    let now = format!("{:.6}", k8s_openapi::jiff::Timestamp::now());
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "meshlink-mirror-east", "namespace": MC_NS},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 3600,
+                 "acquireTime": now, "renewTime": now},
+    });
+    apply_strict(&west.client(), &lease).await.unwrap();
+}
+
+/// Applies `meshlink install` output to `cluster`, as `kubectl apply -f -` would.
+async fn install(cluster: &Cluster, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["install"];
+    all.extend(args);
+    let run = meshlink(cluster, &all);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut applied = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&run.stdout) {
+        let object = <Value as serde::Deserialize>::deserialize(doc).unwrap();
+        let key = format!("{}/{}", object["kind"], object["metadata"]["name"]);
+        let result = apply_strict(&cluster.client(), &object).await;
+        assert!(result.is_ok(), "{key}: {result:?}");
+        applied.push(key);
+    }
+    applied
 }
 
 async fn set_gateway_alive(links: &Api<Link>, alive: bool) {
@@ -570,6 +602,7 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(check_line(&run, "Link CRD").contains("FAIL"));
 
+    install(west, &["--set", "links[0].name=east"]).await;
     let links = link_east_into_west(&harness).await;
 
     // What the mirror controller would report: a live gateway.
@@ -578,14 +611,62 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     for name in [
         "link east: spec",
+        "link east: trust bundles",
+        "link east: gateway",
+        "link east: mirror controller",
+        "link east: mirror endpoints",
         "link east: credentials",
         "link east: remote API",
         "link east: remote permissions",
-        "link east: gateway",
         "orphan mirrors",
+        "versions",
     ] {
         assert!(check_line(&run, name).contains(" ok "), "{}", run.stdout);
     }
+
+    // The mirror controller stops leading: the check says so and how to start it.
+    mirror_lease(west, None).await;
+    let run = meshlink(west, &["check"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let line = check_line(&run, "link east: mirror controller");
+    assert!(
+        line.contains("FAIL") && line.contains("no holder"),
+        "{line}"
+    );
+    assert!(
+        line.contains("meshlink install --set links[0].name=east"),
+        "{line}"
+    );
+    mirror_lease(west, Some("meshlink-mirror-east-1")).await;
+
+    // A mirror Service without EndpointSlices is named.
+    apply_value(&west.client(), mirror("Service", "web-east", MC_NS, "east")).await;
+    let run = meshlink(west, &["check"]);
+    let line = check_line(&run, "link east: mirror endpoints");
+    assert!(
+        line.contains("FAIL") && line.contains("meshlink-multicluster/web-east"),
+        "{line}"
+    );
+    let slices: Api<EndpointSlice> = Api::namespaced(west.client(), MC_NS);
+    let mut slice = mirror("EndpointSlice", "web-east-gw", MC_NS, "east");
+    slice["metadata"]["labels"][labels::SERVICE_NAME] = "web-east".into();
+    slice["endpoints"] = json!([{"addresses": ["198.18.0.40"], "conditions": {"ready": true}}]);
+    apply_value(&west.client(), slice).await;
+    let run = meshlink(west, &["check"]);
+    assert!(
+        check_line(&run, "link east: mirror endpoints").contains(" ok "),
+        "{}",
+        run.stdout
+    );
+    slices
+        .delete("web-east-gw", &Default::default())
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(west.client(), MC_NS);
+    services
+        .delete("web-east", &Default::default())
+        .await
+        .unwrap();
 
     let run = meshlink(west, &["gateways"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -721,22 +802,23 @@ async fn install_output_applies_to_a_real_apiserver_with_strict_validation() {
     let err = apply_strict(&client, &typo).await.unwrap_err();
     assert!(err.to_string().contains("dta"), "{err}");
 
-    for args in [
-        &["install", "--ha", "--set", "links[0].name=east,links[1].name=north"][..],
-        &["install", "--gateway=false"][..],
+    let applied = install(
+        west,
+        &["--ha", "--set", "links[0].name=east,links[1].name=north"],
+    )
+    .await;
+    for kind in [
+        "\"PodDisruptionBudget\"",
+        "\"CustomResourceDefinition\"",
+        "\"ClusterRole\"",
     ] {
-        let run = meshlink(west, args);
-        assert_eq!(run.code, 0, "{}", run.stderr);
-        let mut kinds = Vec::new();
-        for doc in serde_yaml_ng::Deserializer::from_str(&run.stdout) {
-            let object = <Value as serde::Deserialize>::deserialize(doc).unwrap();
-            let applied = apply_strict(&client, &object).await;
-            let key = format!("{}/{}", object["kind"], object["metadata"]["name"]);
-            assert!(applied.is_ok(), "{key}: {applied:?}");
-            kinds.push(key);
-        }
-        assert!(kinds.len() >= 8, "{kinds:?}");
+        assert!(applied.iter().any(|k| k.starts_with(kind)), "{applied:?}");
     }
+    let applied = install(west, &["--gateway=false"]).await;
+    assert!(
+        !applied.iter().any(|k| k.contains("meshlink-gateway")),
+        "{applied:?}"
+    );
     // What the chart set is what the apiserver stored.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), MC_NS);
@@ -752,7 +834,8 @@ async fn install_output_applies_to_a_real_apiserver_with_strict_validation() {
     let services: Api<Service> = Api::namespaced(client.clone(), MC_NS);
     let gateway = services.get("meshlink-gateway").await.unwrap();
     assert!(
-        kube::ResourceExt::annotations(&gateway)[labels::ENDPOINT_IDENTITY].ends_with("/sa/meshlink-gateway"),
+        kube::ResourceExt::annotations(&gateway)[labels::ENDPOINT_IDENTITY]
+            .ends_with("/sa/meshlink-gateway"),
         "{:?}",
         gateway.metadata.annotations
     );
