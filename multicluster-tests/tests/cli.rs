@@ -840,3 +840,38 @@ async fn install_output_applies_to_a_real_apiserver_with_strict_validation() {
         gateway.metadata.annotations
     );
 }
+
+#[tokio::test]
+async fn check_wait_draws_a_spinner_only_on_a_terminal() {
+    let harness = pair().await;
+    let west = harness.cluster("west");
+    let links = link_east_into_west(&harness).await;
+    set_gateway_alive(&links, false).await;
+    let meshlink_path = meshlink_binary("meshlink").unwrap();
+    let command = format!(
+        "{} --kubeconfig {} --context west check --wait 2s",
+        meshlink_path.display(),
+        west.kubeconfig_path().display()
+    );
+    // util-linux `script` runs the command on a pseudo-terminal and copies it out.
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{terminal}");
+    assert!(
+        terminal.contains("\r\x1b[2K⠋ waiting for 1 failing check(s): link east: gateway ("),
+        "{terminal:?}"
+    );
+    assert!(!terminal.contains("waiting: 1 check(s)"), "{terminal:?}");
+    // Not a terminal: plain lines, no control characters.
+    let run = meshlink(west, &["check", "--wait", "2s"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.starts_with("waiting: 1 check(s) failing\n"),
+        "{:?}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+}
