@@ -192,6 +192,7 @@ impl Session {
                     let mut health = lock(&shared.health);
                     health.gateway_alive = Some(report.state.alive);
                     health.last_probe = report.last_probe;
+                    health.probe_latency = report.latency;
                 }
                 shared.dirty.notify_one();
                 shared.status_dirty.notify_one();

@@ -668,12 +668,26 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
         .await
         .unwrap();
 
+    // Probe latency as the mirror reports it (mirror.rs checks a real probe's).
+    let latency = json!({"status": {"probeLatency": {"p50Ms": 1.25, "p99Ms": 8.5, "samples": 40}}});
+    links
+        .patch_status("east", &PatchParams::default(), &Patch::Merge(&latency))
+        .await
+        .unwrap();
     let run = meshlink(west, &["gateways"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let row: Vec<&str> = check_line(&run, "east").split_whitespace().collect();
     assert_eq!(
-        row[..4],
-        ["east", MC_NS, "198.18.0.40:4143", "yes"],
+        row[..7],
+        [
+            "east",
+            MC_NS,
+            "198.18.0.40:4143",
+            "yes",
+            "0",
+            "1.2ms",
+            "8.5ms"
+        ],
         "{}",
         run.stdout
     );

@@ -596,6 +596,10 @@ async fn export_update_unexport_delete_and_link_delete() {
         .await;
     assert_eq!(status.services[0].local_name, "books-east");
     assert_eq!(status.services[0].condition.reason, "Mirrored");
+    // The probe that made the gateway alive reported its latency (meshlink gateways).
+    let latency = status.probe_latency.expect("probe latency in status");
+    assert!(latency.samples >= 1 && latency.p50_ms > 0.0, "{latency:?}");
+    assert!(latency.p99_ms >= latency.p50_ms, "{latency:?}");
 
     // Remote update: a new port and label follow; unready remote endpoints
     // make the mirror endpoints unready.
