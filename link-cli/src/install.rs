@@ -89,7 +89,9 @@ fn chart_values(args: &InstallArgs) -> Result<(Value, Value), String> {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(chart: &str, values: Value) -> Result<T, String> {
-    serde_json::from_value(values).map_err(|e| format!("values of chart {chart}: {e}"))
+    serde_json::from_value(values).map_err(|e| {
+        format!("values of chart {chart}: {e}; check --set against charts/{chart}/values.yaml")
+    })
 }
 
 /// Values both charts have.
