@@ -76,11 +76,13 @@ pub enum Command {
     /// its Secret and its mirror Services and EndpointSlices.
     Unlink(UnlinkArgs),
     /// Run against the SOURCE cluster: named checks of the Link CRD, every
-    /// Link (spec, credentials, remote API and permissions, gateway) and orphan
-    /// mirrors, with a hint for each problem. Exits 1 if a check fails.
+    /// Link (spec, trust bundles, gateway, mirror controller leadership, mirror
+    /// endpoints, credentials, remote API and permissions), orphan mirrors and
+    /// versions, with a hint for each problem. Exits 1 if a check fails.
     Check(CheckArgs),
     /// Run against the SOURCE cluster: one row per Link with its gateway's
-    /// last reported liveness, mirrored services and probe age.
+    /// last reported liveness, mirrored services, probe latency p50/p99 and
+    /// probe age.
     Gateways,
     /// Print the control-plane and multicluster manifests (the charts in
     /// charts/, rendered with the same values) for `kubectl apply -f -`.
