@@ -889,3 +889,78 @@ async fn check_wait_draws_a_spinner_only_on_a_terminal() {
     );
     assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
 }
+
+/// The whole operator path with the real `mirror` binary: `install` in west,
+/// `export` and `link` in east, the link output applied to west; the mirror
+/// mirrors east's exported Service and `check` sees it lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_output_lets_the_mirror_binary_mirror_easts_exported_service() {
+    let harness = pair().await;
+    let (east, west) = (harness.cluster("east"), harness.cluster("west"));
+    install(west, &["--set", "links[0].name=east"]).await;
+    install_link_crd(&west.client()).await;
+    for cluster in [east, west] {
+        namespace(&cluster.client(), "shop").await;
+    }
+    let web = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"ports": [{"name": "http", "port": 8080}]}});
+    apply_value(&east.client(), web).await;
+    let run = meshlink(east, &["-n", "shop", "export", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let gateway = east.gateway_address().to_string();
+    let run = meshlink(
+        east,
+        &[
+            "link",
+            "--cluster-name",
+            "east",
+            "--gateway-addresses",
+            &gateway,
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    apply_yaml(&west.client(), &run.stdout).await;
+
+    // Without --identity-dir the mirror does not probe: endpoints stay not ready.
+    let _mirror = tokio::process::Command::new(meshlink_binary("mirror").unwrap())
+        .args(["--link", "east", "-n", MC_NS, "--identity", "mirror-0"])
+        .arg("--admin-addr=127.0.0.1:0")
+        .env("KUBECONFIG", west.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mirrors: Api<Service> = Api::namespaced(west.client(), "shop");
+    let mirror = eventually("web-east mirrored into west", || {
+        let mirrors = mirrors.clone();
+        async move { mirrors.get_opt("web-east").await.ok().flatten() }
+    })
+    .await;
+    let mirror_labels = mirror.metadata.labels.unwrap();
+    assert_eq!(mirror_labels[labels::CLUSTER_NAME], "east");
+    assert_eq!(mirror_labels[labels::MIRRORED], "true");
+
+    let run = eventually("check to see the mirror lead", || async {
+        let run = meshlink(west, &["check"]);
+        let leads = run
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("link east: mirror controller") && l.contains("mirror-0 leads"));
+        leads.then_some(run)
+    })
+    .await;
+    assert!(
+        check_line(&run, "link east: mirror controller").contains(" ok "),
+        "{}",
+        run.stdout
+    );
+    // The status the mirror writes reaches `gateways` (MIRRORED column).
+    eventually("gateways to count the mirror", || async {
+        let run = meshlink(west, &["gateways"]);
+        let row: Vec<&str> = check_line(&run, "east").split_whitespace().collect();
+        (row[4] == "1").then_some(())
+    })
+    .await;
+}
