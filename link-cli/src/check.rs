@@ -73,7 +73,14 @@ pub async fn run(
     let target = connect(global).await?;
     let mut progress = progress::Progress::new(deadline);
     let checks = loop {
-        let checks = all_checks(&target).await?;
+        let checks = match all_checks(&target).await {
+            Ok(checks) => checks,
+            Err(e) => {
+                // The error line must not land after a half-drawn spinner.
+                progress.finish();
+                return Err(e);
+            }
+        };
         let failing: Vec<&str> = checks
             .iter()
             .filter(|c| c.outcome == Outcome::Fail)

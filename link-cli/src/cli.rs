@@ -85,7 +85,8 @@ pub enum Command {
     /// probe age.
     Gateways,
     /// Print the control-plane and multicluster manifests (the charts in
-    /// charts/, rendered with the same values) for `kubectl apply -f -`.
+    /// charts/, rendered with the same values) for `kubectl apply -f -`, into
+    /// namespaces meshlink and meshlink-multicluster. Contacts no cluster.
     Install(InstallArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
