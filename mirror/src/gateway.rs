@@ -13,6 +13,8 @@ use std::time::Duration;
 use api::identity::SpiffeId;
 use api::link::{LinkSpec, ProbeLatency};
 use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -83,6 +85,24 @@ impl Liveness {
 /// How often DNS gateway names are resolved again.
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// A resolver asking `server` over UDP, or following /etc/resolv.conf.
+fn resolver(server: Option<SocketAddr>) -> Result<TokioResolver, Error> {
+    let builder = match server {
+        None => TokioResolver::builder_tokio().map_err(|e| Error::Resolver(e.to_string()))?,
+        Some(addr) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut ns = NameServerConfig::udp(addr.ip());
+            ns.connections = vec![udp];
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![ns]),
+                TokioRuntimeProvider::default(),
+            )
+        }
+    };
+    builder.build().map_err(|e| Error::Resolver(e.to_string()))
+}
+
 /// Resolves and probes one Link's gateway.
 pub struct GatewayProber {
     spec: Arc<LinkSpec>,
@@ -94,17 +114,17 @@ pub struct GatewayProber {
 }
 
 impl GatewayProber {
-    /// A prober with the system DNS configuration.
+    /// A prober resolving names through `dns_server`, or the system DNS
+    /// configuration when it is `None`.
     pub fn new(
         spec: Arc<LinkSpec>,
         tls: Arc<ClientConfig>,
         identity: SpiffeId,
         resolve_interval: Duration,
+        dns_server: Option<SocketAddr>,
         metrics: ClusterMetrics,
     ) -> Result<Self, Error> {
-        let resolver = TokioResolver::builder_tokio()
-            .and_then(|b| b.build())
-            .map_err(|e| Error::Resolver(e.to_string()))?;
+        let resolver = resolver(dns_server)?;
         Ok(Self {
             spec,
             tls,
