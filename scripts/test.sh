@@ -5,6 +5,13 @@ set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 cd "$repo"
 
+# The chart tests compare `meshlink install` with `helm template`: build helm once
+# here (cached like the Kubernetes binaries) rather than racing in parallel tests.
+echo "==> helm (built from Go modules once, then cached)" >&2
+MESHLINK_HELM=$("$repo/multicluster-tests/go/build.sh" helm)
+export MESHLINK_HELM
+echo "    $MESHLINK_HELM" >&2
+
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy (warnings are errors)" >&2

@@ -167,6 +167,9 @@ pub struct LinkStatus {
     /// When the gateway was last probed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
+    /// Latency of the recent successful gateway probes (for `meshlink gateways`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_latency: Option<ProbeLatency>,
     /// Whether the remote apiserver answers the controller's watches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_reachable: Option<bool>,
@@ -179,6 +182,18 @@ pub struct LinkStatus {
     /// One entry per exported remote Service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceMirrorStatus>,
+}
+
+/// Percentiles of the latest successful gateway probe latencies, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeLatency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// How many probes the percentiles cover (the most recent ones).
+    pub samples: u32,
 }
 
 /// The state of one exported remote Service.

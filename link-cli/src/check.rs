@@ -1,17 +1,25 @@
 //! `meshlink check`, run against a source cluster: named checks with pass, warn or
-//! fail and a hint each, for the Link CRD, every Link (spec, credentials, remote
-//! API, remote permissions, gateway) and orphan mirrors. `--wait` retries until
-//! nothing fails or the time is up.
+//! fail and a hint each, for the Link CRD, every Link (spec, trust bundles,
+//! gateway, mirror controller leadership, mirror endpoints, credentials, remote
+//! API, remote permissions), orphan mirrors and component versions. `--wait`
+//! retries until nothing fails or the time is up, with a spinner on a terminal.
+
+mod health;
+mod progress;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use api::labels;
 use api::link::Link;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
@@ -63,14 +71,26 @@ pub async fn run(
     };
     let deadline = Instant::now() + Duration::from_secs(wait.unsigned_abs());
     let target = connect(global).await?;
+    let mut progress = progress::Progress::new(deadline);
     let checks = loop {
-        let checks = all_checks(&target).await?;
-        let failing = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
-        if failing == 0 || Instant::now() >= deadline {
+        let checks = match all_checks(&target).await {
+            Ok(checks) => checks,
+            Err(e) => {
+                // The error line must not land after a half-drawn spinner.
+                progress.finish();
+                return Err(e);
+            }
+        };
+        let failing: Vec<&str> = checks
+            .iter()
+            .filter(|c| c.outcome == Outcome::Fail)
+            .map(|c| c.name.as_str())
+            .collect();
+        if failing.is_empty() || Instant::now() >= deadline {
+            progress.finish();
             break checks;
         }
-        eprintln!("waiting: {failing} check(s) failing");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        progress.wait_a_second(&failing).await;
     };
     let failed: Vec<&str> = checks
         .iter()
@@ -109,7 +129,56 @@ async fn all_checks(target: &Target) -> Result<Vec<Check>, CliError> {
         checks.extend(link_checks(target, link).await?);
     }
     checks.push(orphan_mirrors(target, &links).await?);
+    checks.push(versions(target).await?);
     Ok(checks)
+}
+
+/// Checks of what runs in this cluster for `link`: its mirror controller's Lease
+/// and its mirrors' endpoints.
+async fn mirror_checks(target: &Target, link: &Link) -> Result<Vec<Check>, CliError> {
+    let cluster = &link.spec.target_cluster_name;
+    let name = |what: &str| format!("link {cluster}: {what}");
+    let ns = link.namespace().unwrap_or_default();
+    let link_name = link.name_any();
+    let leases: Api<Lease> = Api::namespaced(target.client.clone(), &ns);
+    let lease = leases
+        .get_opt(&health::lease_name(&link_name))
+        .await
+        .map_err(|e| target.endpoint.error("reading the mirror Lease", e))?;
+    let selector = format!(
+        "{}=true,{}={cluster}",
+        labels::MIRRORED,
+        labels::CLUSTER_NAME
+    );
+    let params = ListParams::default().labels(&selector);
+    let services: Api<Service> = Api::all(target.client.clone());
+    let mirrors = services
+        .list(&params)
+        .await
+        .map_err(|e| target.endpoint.error("listing mirror Services", e))?;
+    let slices: Api<EndpointSlice> = Api::all(target.client.clone());
+    let slices = slices
+        .list(&params)
+        .await
+        .map_err(|e| target.endpoint.error("listing mirror EndpointSlices", e))?;
+    Ok(vec![
+        health::leader(
+            &name("mirror controller"),
+            &link_name,
+            lease.as_ref(),
+            Timestamp::now(),
+        ),
+        health::endpoints(&name("mirror endpoints"), &mirrors.items, &slices.items),
+    ])
+}
+
+async fn versions(target: &Target) -> Result<Check, CliError> {
+    let deployments: Api<Deployment> = Api::all(target.client.clone());
+    let list = deployments
+        .list(&ListParams::default().labels(health::PART_OF))
+        .await
+        .map_err(|e| target.endpoint.error("listing meshlink Deployments", e))?;
+    Ok(health::versions(&list.items, env!("CARGO_PKG_VERSION")))
 }
 
 async fn link_checks(target: &Target, link: &Link) -> Result<Vec<Check>, CliError> {
@@ -124,7 +193,9 @@ async fn link_checks(target: &Target, link: &Link) -> Result<Vec<Check>, CliErro
             format!("{e}; fix the Link"),
         )),
     }
+    checks.push(health::trust(&name("trust bundles"), link));
     checks.push(gateway_check(&name("gateway"), link));
+    checks.extend(mirror_checks(target, link).await?);
     let remote = match remote_client(target, link).await? {
         Ok(remote) => remote,
         Err(reason) => {

@@ -76,12 +76,18 @@ pub enum Command {
     /// its Secret and its mirror Services and EndpointSlices.
     Unlink(UnlinkArgs),
     /// Run against the SOURCE cluster: named checks of the Link CRD, every
-    /// Link (spec, credentials, remote API and permissions, gateway) and orphan
-    /// mirrors, with a hint for each problem. Exits 1 if a check fails.
+    /// Link (spec, trust bundles, gateway, mirror controller leadership, mirror
+    /// endpoints, credentials, remote API and permissions), orphan mirrors and
+    /// versions, with a hint for each problem. Exits 1 if a check fails.
     Check(CheckArgs),
     /// Run against the SOURCE cluster: one row per Link with its gateway's
-    /// last reported liveness, mirrored services and probe age.
+    /// last reported liveness, mirrored services, probe latency p50/p99 and
+    /// probe age.
     Gateways,
+    /// Print the control-plane and multicluster manifests (the charts in
+    /// charts/, rendered with the same values) for `kubectl apply -f -`, into
+    /// namespaces meshlink and meshlink-multicluster. Contacts no cluster.
+    Install(InstallArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
 }
@@ -176,6 +182,22 @@ pub struct CheckArgs {
     pub wait: Option<String>,
 }
 
+/// `meshlink install`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct InstallArgs {
+    /// Include the multicluster gateway (`--gateway=false` for remote discovery only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub gateway: bool,
+    /// Apply the charts' values-ha.yaml: replicas, PodDisruptionBudgets, anti-affinity.
+    #[arg(long)]
+    pub ha: bool,
+    /// Set chart values like helm's --set (`controller.replicas=2`,
+    /// `links[0].name=east`); repeatable, applies to each chart that has the key.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
 /// `meshlink completion`.
 #[derive(Args, Debug)]
 pub struct CompletionArgs {
@@ -189,6 +211,24 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    fn install(args: &[&str]) -> InstallArgs {
+        let all = ["meshlink", "install"].iter().chain(args);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Install(args) => args,
+            other => panic!("not install: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn install_gateway_flag_defaults_to_true_and_takes_false() {
+        assert!(install(&[]).gateway);
+        assert!(install(&["--gateway"]).gateway);
+        assert!(!install(&["--gateway=false"]).gateway);
+        let args = install(&["--ha", "--set", "a=1", "--set", "b=2"]);
+        assert!(args.ha);
+        assert_eq!(args.set, ["a=1", "b=2"]);
+    }
 
     #[test]
     fn definitions_are_consistent() {

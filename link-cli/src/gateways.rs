@@ -1,7 +1,7 @@
 //! `meshlink gateways`, run against a source cluster: one row per Link with what
-//! its mirror controller last reported about the target's gateway.
-//!
-//! Probe latency percentiles are not in `LinkStatus` yet, so they are not shown.
+//! its mirror controller last reported about the target's gateway: liveness,
+//! mirrored services, p50/p99 latency of its recent successful probes (the
+//! Link status' `probeLatency`) and the age of the last probe.
 
 use api::link::Link;
 use k8s_openapi::jiff::Timestamp;
@@ -37,12 +37,14 @@ pub fn render(
     format: Option<OutputFormat>,
 ) -> Result<String, CliError> {
     let rows: Vec<Vec<String>> = links.iter().map(|l| row(l, now)).collect();
-    const HEADERS: [&str; 6] = [
+    const HEADERS: [&str; 8] = [
         "CLUSTER",
         "NAMESPACE",
         "GATEWAY",
         "ALIVE",
         "MIRRORED",
+        "P50",
+        "P99",
         "LAST PROBE",
     ];
     let objects = || -> serde_json::Value {
@@ -75,6 +77,10 @@ fn row(link: &Link, now: Timestamp) -> Vec<String> {
         || "never".to_owned(),
         |t| format!("{} ago", age(now.as_second() - t.0.as_second())),
     );
+    let (p50, p99) = status.probe_latency.as_ref().map_or_else(
+        || ("-".to_owned(), "-".to_owned()),
+        |l| (millis(l.p50_ms), millis(l.p99_ms)),
+    );
     let gateway = link
         .spec
         .gateway_addresses
@@ -88,8 +94,21 @@ fn row(link: &Link, now: Timestamp) -> Vec<String> {
         gateway,
         alive.to_owned(),
         status.mirrored_services.to_string(),
+        p50,
+        p99,
         last_probe,
     ]
+}
+
+/// `0.42ms`, `12.3ms`, `250ms`: three significant digits at most.
+fn millis(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{ms:.2}ms")
+    } else if ms < 100.0 {
+        format!("{ms:.1}ms")
+    } else {
+        format!("{ms:.0}ms")
+    }
 }
 
 /// `42s`, `3m`, `5h`, `2d`: kubectl's coarse ages.
@@ -105,7 +124,7 @@ fn age(seconds: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use api::link::LinkStatus;
+    use api::link::{LinkStatus, ProbeLatency};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
@@ -133,13 +152,27 @@ mod tests {
                     gateway_alive: Some(true),
                     last_probe_time: Some(Time(probed)),
                     mirrored_services: 12,
+                    probe_latency: Some(ProbeLatency {
+                        p50_ms: 0.4213,
+                        p99_ms: 12.345,
+                        samples: 100,
+                    }),
                     ..LinkStatus::default()
                 }),
             ),
             link("north", None),
         ];
-        let out = render(&links, now, None).unwrap() + &render(&[], now, None).unwrap();
+        let out = render(&links, now, None).unwrap()
+            + &render(&[], now, None).unwrap()
+            + &render(&links[..1], now, Some(OutputFormat::Json)).unwrap();
         crate::golden::check("gateways.txt", &out);
+    }
+
+    #[test]
+    fn latencies_keep_three_significant_digits() {
+        assert_eq!(millis(0.4213), "0.42ms");
+        assert_eq!(millis(12.345), "12.3ms");
+        assert_eq!(millis(250.4), "250ms");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod export;
 mod gateways;
 #[cfg(test)]
 mod golden;
+mod install;
 mod link;
 mod output;
 mod rbac;
@@ -86,6 +87,7 @@ async fn run_simple(cli: &Cli) -> Result<String, CliError> {
         Command::Gateways => gateways::run(global).await,
         // Handled by `run`, which keeps the report when a check fails.
         Command::Check(_) => Ok(String::new()),
+        Command::Install(args) => install::run(args, global.output),
         Command::Completion(args) => {
             let mut script = Vec::new();
             clap_complete::generate(args.shell, &mut Cli::command(), "meshlink", &mut script);

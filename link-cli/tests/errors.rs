@@ -127,6 +127,31 @@ fn bad_input_gives_one_clear_line_and_the_documented_exit_code() {
             vec!["-o", "table", "allow", "--service-account", "m"],
             2,
         ),
+        (
+            "install: unknown value",
+            vec!["install", "--set", "gatway.replicas=2"],
+            2,
+        ),
+        (
+            "install: misspelled nested value",
+            vec!["install", "--set", "gateway.replica=2"],
+            2,
+        ),
+        (
+            "install: wrong type",
+            vec!["install", "--set", "controller.replicas=three"],
+            2,
+        ),
+        (
+            "install: no value",
+            vec!["install", "--set", "clusterName"],
+            2,
+        ),
+        (
+            "install: bad list index",
+            vec!["install", "--set", "links[x].name=east"],
+            2,
+        ),
     ];
     let mut transcript = String::new();
     for (name, args, code) in cases {
@@ -138,6 +163,31 @@ fn bad_input_gives_one_clear_line_and_the_documented_exit_code() {
         transcript.push_str(&format!("# {name} (exit {code})\n{stderr}"));
     }
     golden::check("errors.txt", &transcript);
+}
+
+#[test]
+fn install_needs_no_cluster_and_prints_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) =
+        meshlink(dir.path(), &["install", "-o", "json", "--gateway=false"]);
+    assert_eq!(code, 0, "{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list["kind"], "List");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names[..3],
+        [
+            "meshlink",
+            "meshlink-multicluster",
+            "links.multicluster.meshlink.io"
+        ]
+    );
+    assert!(!names.contains(&"meshlink-gateway"), "{names:?}");
 }
 
 #[test]

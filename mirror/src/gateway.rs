@@ -5,13 +5,16 @@
 //! Results go out on a `watch` channel as [`GatewayReport`]s. TLS is
 //! `proxy::tls`: the gateway must present the Link's `gatewayIdentity`.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::identity::SpiffeId;
-use api::link::LinkSpec;
+use api::link::{LinkSpec, ProbeLatency};
 use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -34,6 +37,26 @@ pub struct GatewayReport {
     pub state: GatewayState,
     /// When the last probe round ended.
     pub last_probe: Option<Time>,
+    /// Percentiles of the last [`LATENCY_WINDOW`] successful probes.
+    pub latency: Option<ProbeLatency>,
+}
+
+/// How many recent successful probe latencies the reported percentiles cover.
+pub const LATENCY_WINDOW: usize = 100;
+
+/// p50 and p99 (nearest rank) of `samples`, in milliseconds; `None` when empty.
+pub fn percentiles(samples: &VecDeque<Duration>) -> Option<ProbeLatency> {
+    let mut sorted: Vec<Duration> = samples.iter().copied().collect();
+    sorted.sort();
+    let rank = |p: usize| {
+        let index = (p * sorted.len()).div_ceil(100).saturating_sub(1);
+        sorted.get(index).map(|d| d.as_secs_f64() * 1000.0)
+    };
+    Some(ProbeLatency {
+        p50_ms: rank(50)?,
+        p99_ms: rank(99)?,
+        samples: u32::try_from(sorted.len()).unwrap_or(u32::MAX),
+    })
 }
 
 /// Consecutive-failure bookkeeping, separate from I/O so it is unit-tested.
@@ -62,6 +85,24 @@ impl Liveness {
 /// How often DNS gateway names are resolved again.
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// A resolver asking `server` over UDP, or following /etc/resolv.conf.
+fn resolver(server: Option<SocketAddr>) -> Result<TokioResolver, Error> {
+    let builder = match server {
+        None => TokioResolver::builder_tokio().map_err(|e| Error::Resolver(e.to_string()))?,
+        Some(addr) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut ns = NameServerConfig::udp(addr.ip());
+            ns.connections = vec![udp];
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![ns]),
+                TokioRuntimeProvider::default(),
+            )
+        }
+    };
+    builder.build().map_err(|e| Error::Resolver(e.to_string()))
+}
+
 /// Resolves and probes one Link's gateway.
 pub struct GatewayProber {
     spec: Arc<LinkSpec>,
@@ -73,17 +114,17 @@ pub struct GatewayProber {
 }
 
 impl GatewayProber {
-    /// A prober with the system DNS configuration.
+    /// A prober resolving names through `dns_server`, or the system DNS
+    /// configuration when it is `None`.
     pub fn new(
         spec: Arc<LinkSpec>,
         tls: Arc<ClientConfig>,
         identity: SpiffeId,
         resolve_interval: Duration,
+        dns_server: Option<SocketAddr>,
         metrics: ClusterMetrics,
     ) -> Result<Self, Error> {
-        let resolver = TokioResolver::builder_tokio()
-            .and_then(|b| b.build())
-            .map_err(|e| Error::Resolver(e.to_string()))?;
+        let resolver = resolver(dns_server)?;
         Ok(Self {
             spec,
             tls,
@@ -99,6 +140,7 @@ impl GatewayProber {
         let mut liveness = Liveness::default();
         let mut addresses: Vec<IpAddr> = Vec::new();
         let mut resolved_at: Option<Instant> = None;
+        let mut latencies: VecDeque<Duration> = VecDeque::with_capacity(LATENCY_WINDOW);
         let period = Duration::from_secs(u64::from(self.spec.probe.period_seconds));
         loop {
             if resolved_at.is_none_or(|t| t.elapsed() >= self.resolve_interval)
@@ -107,7 +149,14 @@ impl GatewayProber {
                 addresses = self.resolve().await;
                 resolved_at = Some(Instant::now());
             }
-            let passed = self.probe_round(&addresses).await;
+            let latency = self.probe_round(&addresses).await;
+            if let Some(latency) = latency {
+                if latencies.len() == LATENCY_WINDOW {
+                    latencies.pop_front();
+                }
+                latencies.push_back(latency);
+            }
+            let passed = latency.is_some();
             let alive = liveness.record(passed, self.spec.probe.failure_threshold);
             self.metrics.gateway_alive.set(i64::from(alive));
             tx.send_modify(|r| {
@@ -116,6 +165,7 @@ impl GatewayProber {
                     addresses: addresses.clone(),
                 };
                 r.last_probe = Some(Time(Timestamp::now()));
+                r.latency = percentiles(&latencies);
             });
             tokio::time::sleep(jittered(period)).await;
         }
@@ -140,8 +190,9 @@ impl GatewayProber {
         out
     }
 
-    /// One round passes if any address answers the probe.
-    async fn probe_round(&self, addresses: &[IpAddr]) -> bool {
+    /// One round passes if any address answers the probe; `Some(latency)` of the
+    /// answer that passed it.
+    async fn probe_round(&self, addresses: &[IpAddr]) -> Option<Duration> {
         let timeout = Duration::from_secs(u64::from(self.spec.probe.timeout_seconds));
         for ip in addresses {
             let addr = SocketAddr::new(*ip, self.spec.probe.port);
@@ -156,7 +207,7 @@ impl GatewayProber {
                 Ok(latency) => {
                     self.metrics.probe_success.inc();
                     self.metrics.probe_latency.observe(latency.as_secs_f64());
-                    return true;
+                    return Some(latency);
                 }
                 Err(e) => {
                     self.metrics.probe_failure.inc();
@@ -164,7 +215,7 @@ impl GatewayProber {
                 }
             }
         }
-        false
+        None
     }
 }
 
@@ -218,6 +269,19 @@ pub async fn probe_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank_over_the_window() {
+        assert_eq!(percentiles(&VecDeque::new()), None);
+        let ms = |n: u64| Duration::from_millis(n);
+        let one: VecDeque<_> = [ms(7)].into();
+        let p = percentiles(&one).unwrap();
+        assert_eq!((p.p50_ms, p.p99_ms, p.samples), (7.0, 7.0, 1));
+        // 1..=100 ms, shuffled: the median is 50 ms, p99 is 99 ms.
+        let many: VecDeque<_> = (1..=100).rev().map(ms).collect();
+        let p = percentiles(&many).unwrap();
+        assert_eq!((p.p50_ms, p.p99_ms, p.samples), (50.0, 99.0, 100));
+    }
 
     #[test]
     fn alive_after_one_pass_dead_after_threshold_failures() {

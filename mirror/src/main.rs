@@ -49,6 +49,9 @@ struct Args {
     /// Seconds between DNS resolutions of gateway names.
     #[arg(long, default_value_t = 30)]
     resolve_secs: u64,
+    /// DNS server (`ip:port`, UDP) for gateway names; default: /etc/resolv.conf.
+    #[arg(long)]
+    dns_server: Option<SocketAddr>,
 }
 
 impl Args {
@@ -65,6 +68,7 @@ impl Args {
             concurrency,
             resync_secs,
             resolve_secs,
+            dns_server,
         } = self;
         anyhow::ensure!(
             lease_duration_secs >= 3,
@@ -85,6 +89,7 @@ impl Args {
                 concurrency,
                 resync_interval: Duration::from_secs(resync_secs.max(1)),
                 resolve_interval: Duration::from_secs(resolve_secs.max(1)),
+                dns_server,
             },
         };
         Ok((options, admin_addr))

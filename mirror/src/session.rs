@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub struct SessionConfig {
     pub resync_interval: Duration,
     /// How often DNS gateway names are re-resolved.
     pub resolve_interval: Duration,
+    /// The DNS server for gateway names; `None` follows /etc/resolv.conf.
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// State shared by the session's tasks.
@@ -173,6 +176,7 @@ impl Session {
             tls,
             identity,
             self.config.resolve_interval,
+            self.config.dns_server,
             self.metrics.clone(),
         ) {
             Ok(p) => p,
@@ -192,6 +196,7 @@ impl Session {
                     let mut health = lock(&shared.health);
                     health.gateway_alive = Some(report.state.alive);
                     health.last_probe = report.last_probe;
+                    health.probe_latency = report.latency;
                 }
                 shared.dirty.notify_one();
                 shared.status_dirty.notify_one();

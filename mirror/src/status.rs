@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use api::link::{
-    CONDITION_MIRRORED, CONDITION_REMOTE_REACHABLE, LinkStatus, MirrorReason, ServiceMirrorStatus,
+    CONDITION_MIRRORED, CONDITION_REMOTE_REACHABLE, LinkStatus, MirrorReason, ProbeLatency,
+    ServiceMirrorStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -31,6 +32,8 @@ pub struct Health {
     pub gateway_alive: Option<bool>,
     /// When the gateway was last probed.
     pub last_probe: Option<Time>,
+    /// Percentiles of recent successful probe latencies.
+    pub probe_latency: Option<ProbeLatency>,
     /// Whether the remote apiserver answered the last watch request.
     pub remote_reachable: Option<bool>,
     /// Reason for the `RemoteReachable` condition.
@@ -82,6 +85,7 @@ pub fn build(
     LinkStatus {
         gateway_alive: health.gateway_alive,
         last_probe_time: health.last_probe.clone(),
+        probe_latency: health.probe_latency.clone(),
         remote_reachable: health.remote_reachable,
         mirrored_services: i32::try_from(mirrored).unwrap_or(i32::MAX),
         conditions,

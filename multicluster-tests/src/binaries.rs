@@ -1,6 +1,7 @@
-//! Finds the Kubernetes binaries (etcd, kube-apiserver, kube-controller-manager),
-//! running `go/build.sh` when they are not cached yet. The script is idempotent and
-//! prints the cache directory on stdout, so asking it is also how we find the path.
+//! Finds the Kubernetes binaries (etcd, kube-apiserver, kube-controller-manager)
+//! and helm, running `go/build.sh` when they are not cached yet. The script is
+//! idempotent and prints where they are on stdout, so asking it is also how we
+//! find the path.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,9 +25,23 @@ impl Binaries {
     pub fn locate() -> Result<Self> {
         let dir = match std::env::var_os("MESHLINK_K8S_BIN") {
             Some(dir) => PathBuf::from(dir),
-            None => run_build_script()?,
+            None => PathBuf::from(run_build_script(&[])?),
         };
         Self::in_dir(&dir)
+    }
+
+    /// The helm binary (built from its own Go module, `go/helm`): `$MESHLINK_HELM` when
+    /// set, otherwise what `go/build.sh helm` builds or finds in the cache.
+    pub fn helm() -> Result<PathBuf> {
+        let path = match std::env::var_os("MESHLINK_HELM") {
+            Some(path) => PathBuf::from(path),
+            None => PathBuf::from(run_build_script(&["helm"])?),
+        };
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::Invalid(format!("{} is missing", path.display())))
+        }
     }
 
     /// The binaries inside `dir`; etcd and kube-apiserver must exist.
@@ -48,7 +63,8 @@ impl Binaries {
     }
 }
 
-fn run_build_script() -> Result<PathBuf> {
+/// Runs `go/build.sh args...`; returns the last line it printed.
+fn run_build_script(args: &[&str]) -> Result<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/build.sh");
     let fail = |reason: String| Error::Build {
         script: script.clone(),
@@ -57,6 +73,7 @@ fn run_build_script() -> Result<PathBuf> {
     // Progress goes to our stderr so a first, slow build is visible in test output.
     let out = Command::new("bash")
         .arg(&script)
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| fail(e.to_string()))?;
@@ -69,7 +86,7 @@ fn run_build_script() -> Result<PathBuf> {
         .rev()
         .find(|l| !l.trim().is_empty())
         .ok_or_else(|| fail("printed no directory".into()))?;
-    Ok(PathBuf::from(dir.trim()))
+    Ok(dir.trim().to_owned())
 }
 
 /// The path of a meshlink binary (`controller`, `proxy`, `gateway`, `mirror`,

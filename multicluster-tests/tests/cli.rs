@@ -542,7 +542,39 @@ async fn link_east_into_west(harness: &Harness) -> Api<Link> {
     let run = meshlink(east, &args);
     assert_eq!(run.code, 0, "{}", run.stderr);
     apply_yaml(&west.client(), &run.stdout).await;
+    mirror_lease(west, Some("meshlink-mirror-east-0")).await;
     Api::namespaced(west.client(), MC_NS)
+}
+
+/// Holds (or with `holder: None` releases) the Lease of east's mirror controller
+/// in west, as a running mirror does; long-lived so slow runs do not expire it.
+async fn mirror_lease(west: &Cluster, holder: Option<&str>) {
+    // MicroTime: exactly six fractional digits.
+    let now = format!("{:.6}", k8s_openapi::jiff::Timestamp::now());
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "meshlink-mirror-east", "namespace": MC_NS},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 3600,
+                 "acquireTime": now, "renewTime": now},
+    });
+    apply_strict(&west.client(), &lease).await.unwrap();
+}
+
+/// Applies `meshlink install` output to `cluster`, as `kubectl apply -f -` would.
+async fn install(cluster: &Cluster, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["install"];
+    all.extend(args);
+    let run = meshlink(cluster, &all);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut applied = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&run.stdout) {
+        let object = <Value as serde::Deserialize>::deserialize(doc).unwrap();
+        let key = format!("{}/{}", object["kind"], object["metadata"]["name"]);
+        let result = apply_strict(&cluster.client(), &object).await;
+        assert!(result.is_ok(), "{key}: {result:?}");
+        applied.push(key);
+    }
+    applied
 }
 
 async fn set_gateway_alive(links: &Api<Link>, alive: bool) {
@@ -570,6 +602,7 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(check_line(&run, "Link CRD").contains("FAIL"));
 
+    install(west, &["--set", "links[0].name=east"]).await;
     let links = link_east_into_west(&harness).await;
 
     // What the mirror controller would report: a live gateway.
@@ -578,21 +611,83 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     for name in [
         "link east: spec",
+        "link east: trust bundles",
+        "link east: gateway",
+        "link east: mirror controller",
+        "link east: mirror endpoints",
         "link east: credentials",
         "link east: remote API",
         "link east: remote permissions",
-        "link east: gateway",
         "orphan mirrors",
+        "versions",
     ] {
         assert!(check_line(&run, name).contains(" ok "), "{}", run.stdout);
     }
 
+    // The mirror controller stops leading: the check says so and how to start it.
+    mirror_lease(west, None).await;
+    let run = meshlink(west, &["check"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let line = check_line(&run, "link east: mirror controller");
+    assert!(
+        line.contains("FAIL") && line.contains("no holder"),
+        "{line}"
+    );
+    assert!(
+        line.contains("meshlink install --set links[0].name=east"),
+        "{line}"
+    );
+    mirror_lease(west, Some("meshlink-mirror-east-1")).await;
+
+    // A mirror Service without EndpointSlices is named.
+    apply_value(&west.client(), mirror("Service", "web-east", MC_NS, "east")).await;
+    let run = meshlink(west, &["check"]);
+    let line = check_line(&run, "link east: mirror endpoints");
+    assert!(
+        line.contains("FAIL") && line.contains("meshlink-multicluster/web-east"),
+        "{line}"
+    );
+    let slices: Api<EndpointSlice> = Api::namespaced(west.client(), MC_NS);
+    let mut slice = mirror("EndpointSlice", "web-east-gw", MC_NS, "east");
+    slice["metadata"]["labels"][labels::SERVICE_NAME] = "web-east".into();
+    slice["endpoints"] = json!([{"addresses": ["198.18.0.40"], "conditions": {"ready": true}}]);
+    apply_value(&west.client(), slice).await;
+    let run = meshlink(west, &["check"]);
+    assert!(
+        check_line(&run, "link east: mirror endpoints").contains(" ok "),
+        "{}",
+        run.stdout
+    );
+    slices
+        .delete("web-east-gw", &Default::default())
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(west.client(), MC_NS);
+    services
+        .delete("web-east", &Default::default())
+        .await
+        .unwrap();
+
+    // Probe latency as the mirror reports it (mirror.rs checks a real probe's).
+    let latency = json!({"status": {"probeLatency": {"p50Ms": 1.25, "p99Ms": 8.5, "samples": 40}}});
+    links
+        .patch_status("east", &PatchParams::default(), &Patch::Merge(&latency))
+        .await
+        .unwrap();
     let run = meshlink(west, &["gateways"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let row: Vec<&str> = check_line(&run, "east").split_whitespace().collect();
     assert_eq!(
-        row[..4],
-        ["east", MC_NS, "198.18.0.40:4143", "yes"],
+        row[..7],
+        [
+            "east",
+            MC_NS,
+            "198.18.0.40:4143",
+            "yes",
+            "0",
+            "1.2ms",
+            "8.5ms"
+        ],
         "{}",
         run.stdout
     );
@@ -683,4 +778,189 @@ async fn check_wait_retries_until_the_failing_check_passes() {
             .any(|l| l.starts_with("link east: gateway") && l.contains(" ok ")),
         "{stdout}"
     );
+}
+
+/// Server-side applies `object` with strict schema validation: unknown or
+/// duplicate fields are errors, not warnings.
+async fn apply_strict(client: &Client, object: &Value) -> Result<DynamicObject, kube::Error> {
+    let gvk = kube::api::GroupVersionKind::try_from(&kube::api::TypeMeta {
+        api_version: object["apiVersion"].as_str().unwrap().to_owned(),
+        kind: object["kind"].as_str().unwrap().to_owned(),
+    })
+    .unwrap();
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+        Some(ns) if caps.scope == kube::discovery::Scope::Namespaced => {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        _ => Api::all_with(client.clone(), &resource),
+    };
+    let name = object["metadata"]["name"].as_str().unwrap();
+    let params = PatchParams::apply("meshlink-install-test").validation_strict();
+    api.patch(name, &params, &Patch::Apply(object)).await
+}
+
+#[tokio::test]
+async fn install_output_applies_to_a_real_apiserver_with_strict_validation() {
+    let harness = Harness::builder()
+        .cluster("west")
+        .without_controller_manager()
+        .start()
+        .await
+        .unwrap();
+    let west = harness.cluster("west");
+    let client = west.client();
+    // Strict validation is really on: a misspelled field is refused.
+    let typo = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "typo", "namespace": "default"}, "dta": {"a": "b"}});
+    let err = apply_strict(&client, &typo).await.unwrap_err();
+    assert!(err.to_string().contains("dta"), "{err}");
+
+    let applied = install(
+        west,
+        &["--ha", "--set", "links[0].name=east,links[1].name=north"],
+    )
+    .await;
+    for kind in [
+        "\"PodDisruptionBudget\"",
+        "\"CustomResourceDefinition\"",
+        "\"ClusterRole\"",
+    ] {
+        assert!(applied.iter().any(|k| k.starts_with(kind)), "{applied:?}");
+    }
+    let applied = install(west, &["--gateway=false"]).await;
+    assert!(
+        !applied.iter().any(|k| k.contains("meshlink-gateway")),
+        "{applied:?}"
+    );
+    // What the chart set is what the apiserver stored.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), MC_NS);
+    let mirror = deployments.get("meshlink-mirror-north").await.unwrap();
+    let pod = mirror.spec.unwrap().template.spec.unwrap();
+    let security = pod.containers[0].security_context.clone().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), MC_NS);
+    assert!(pdbs.get_opt("meshlink-gateway").await.unwrap().is_some());
+    let services: Api<Service> = Api::namespaced(client.clone(), MC_NS);
+    let gateway = services.get("meshlink-gateway").await.unwrap();
+    assert!(
+        kube::ResourceExt::annotations(&gateway)[labels::ENDPOINT_IDENTITY]
+            .ends_with("/sa/meshlink-gateway"),
+        "{:?}",
+        gateway.metadata.annotations
+    );
+}
+
+#[tokio::test]
+async fn check_wait_draws_a_spinner_only_on_a_terminal() {
+    let harness = pair().await;
+    let west = harness.cluster("west");
+    let links = link_east_into_west(&harness).await;
+    set_gateway_alive(&links, false).await;
+    let meshlink_path = meshlink_binary("meshlink").unwrap();
+    let command = format!(
+        "{} --kubeconfig {} --context west check --wait 2s",
+        meshlink_path.display(),
+        west.kubeconfig_path().display()
+    );
+    // util-linux `script` runs the command on a pseudo-terminal and copies it out.
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{terminal}");
+    assert!(
+        terminal.contains("\r\x1b[2K⠋ waiting for 1 failing check(s): link east: gateway ("),
+        "{terminal:?}"
+    );
+    assert!(!terminal.contains("waiting: 1 check(s)"), "{terminal:?}");
+    // Not a terminal: plain lines, no control characters.
+    let run = meshlink(west, &["check", "--wait", "2s"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.starts_with("waiting: 1 check(s) failing\n"),
+        "{:?}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+}
+
+/// The whole operator path with the real `mirror` binary: `install` in west,
+/// `export` and `link` in east, the link output applied to west; the mirror
+/// mirrors east's exported Service and `check` sees it lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_output_lets_the_mirror_binary_mirror_easts_exported_service() {
+    let harness = pair().await;
+    let (east, west) = (harness.cluster("east"), harness.cluster("west"));
+    install(west, &["--set", "links[0].name=east"]).await;
+    install_link_crd(&west.client()).await;
+    for cluster in [east, west] {
+        namespace(&cluster.client(), "shop").await;
+    }
+    let web = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"ports": [{"name": "http", "port": 8080}]}});
+    apply_value(&east.client(), web).await;
+    let run = meshlink(east, &["-n", "shop", "export", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let gateway = east.gateway_address().to_string();
+    let run = meshlink(
+        east,
+        &[
+            "link",
+            "--cluster-name",
+            "east",
+            "--gateway-addresses",
+            &gateway,
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    apply_yaml(&west.client(), &run.stdout).await;
+
+    // Without --identity-dir the mirror does not probe: endpoints stay not ready.
+    let _mirror = tokio::process::Command::new(meshlink_binary("mirror").unwrap())
+        .args(["--link", "east", "-n", MC_NS, "--identity", "mirror-0"])
+        .arg("--admin-addr=127.0.0.1:0")
+        .env("KUBECONFIG", west.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mirrors: Api<Service> = Api::namespaced(west.client(), "shop");
+    let mirror = eventually("web-east mirrored into west", || {
+        let mirrors = mirrors.clone();
+        async move { mirrors.get_opt("web-east").await.ok().flatten() }
+    })
+    .await;
+    let mirror_labels = mirror.metadata.labels.unwrap();
+    assert_eq!(mirror_labels[labels::CLUSTER_NAME], "east");
+    assert_eq!(mirror_labels[labels::MIRRORED], "true");
+
+    let run = eventually("check to see the mirror lead", || async {
+        let run = meshlink(west, &["check"]);
+        let leads = run
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("link east: mirror controller") && l.contains("mirror-0 leads"));
+        leads.then_some(run)
+    })
+    .await;
+    assert!(
+        check_line(&run, "link east: mirror controller").contains(" ok "),
+        "{}",
+        run.stdout
+    );
+    // The status the mirror writes reaches `gateways` (MIRRORED column).
+    eventually("gateways to count the mirror", || async {
+        let run = meshlink(west, &["gateways"]);
+        let row: Vec<&str> = check_line(&run, "east").split_whitespace().collect();
+        (row[4] == "1").then_some(())
+    })
+    .await;
 }

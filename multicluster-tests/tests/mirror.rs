@@ -109,14 +109,14 @@ impl Drop for ProbeServer {
     }
 }
 
-/// Binds a listener inside a pod's network namespace (the socket stays there
+/// Binds a listener (`port` 0: any) inside a pod's network namespace (the socket stays there
 /// after the helper thread exits).
-fn listen_in_netns(netns: &str, ip: std::net::Ipv4Addr) -> std::net::TcpListener {
+fn listen_in_netns(netns: &str, ip: std::net::Ipv4Addr, port: u16) -> std::net::TcpListener {
     let path = format!("/run/netns/{netns}");
     std::thread::spawn(move || {
         let ns = std::fs::File::open(path).unwrap();
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let listener = std::net::TcpListener::bind((ip, port)).unwrap();
         listener.set_nonblocking(true).unwrap();
         listener
     })
@@ -211,7 +211,7 @@ impl Env {
             .unwrap();
         let ip = pod.gateway_address().unwrap();
         let pki = pki(ip);
-        let gateway = probe_server(&pki, listen_in_netns(pod.netns(), ip)).await;
+        let gateway = probe_server(&pki, listen_in_netns(pod.netns(), ip, 0)).await;
         let env = Self {
             pki,
             gateway,
@@ -285,6 +285,13 @@ impl Env {
     }
 
     async fn put_link(&self, cluster_name: &str) {
+        self.put_link_via(cluster_name, &self.gateway.addr.ip().to_string())
+            .await;
+    }
+
+    /// Creates or replaces the Link, naming the gateway by `gateway_address`
+    /// (an IP or a DNS name).
+    async fn put_link_via(&self, cluster_name: &str, gateway_address: &str) {
         let link: Link = serde_json::from_value(serde_json::json!({
             "apiVersion": "multicluster.meshlink.io/v1alpha1",
             "kind": "Link",
@@ -292,7 +299,7 @@ impl Env {
             "spec": {
                 "targetClusterName": cluster_name,
                 "credentialsSecret": SECRET,
-                "gatewayAddresses": [self.gateway.addr.ip().to_string()],
+                "gatewayAddresses": [gateway_address],
                 "gatewayIdentity": "spiffe://east.example/ns/meshlink/sa/gateway",
                 "probe": {
                     "port": self.gateway.addr.port(),
@@ -318,6 +325,19 @@ impl Env {
     /// Starts a controller replica; drop or send `true` to stop it gracefully,
     /// abort the handle to simulate a crash.
     fn controller(&self, identity: &str) -> Controller {
+        self.controller_with(
+            identity,
+            SessionConfig {
+                concurrency: 16,
+                resync_interval: Duration::from_secs(5),
+                resolve_interval: Duration::from_secs(30),
+                dns_server: None,
+            },
+        )
+    }
+
+    /// As [`Env::controller`], with its own session settings.
+    fn controller_with(&self, identity: &str, session: SessionConfig) -> Controller {
         let (tx, rx) = watch::channel(false);
         let opts = Options {
             link: "east".into(),
@@ -329,11 +349,7 @@ impl Env {
                 key_pem: self.pki.client.1.clone().into_bytes(),
                 bundles: vec![TrustBundle::from_pem(None, self.pki.ca_pem.as_bytes()).unwrap()],
             }),
-            session: SessionConfig {
-                concurrency: 16,
-                resync_interval: Duration::from_secs(5),
-                resolve_interval: Duration::from_secs(30),
-            },
+            session,
         };
         let task = tokio::spawn(run(self.west(), opts, Metrics::default(), rx));
         Controller { task, _stop: tx }
@@ -341,14 +357,19 @@ impl Env {
 
     /// Runs the built `mirror` binary instead of the library task; it is
     /// killed when the returned child is dropped.
-    fn controller_binary(&self, bin: &str, dir: &std::path::Path) -> tokio::process::Child {
+    fn controller_binary(
+        &self,
+        bin: &str,
+        dir: &std::path::Path,
+        admin: SocketAddr,
+    ) -> tokio::process::Child {
         std::fs::write(dir.join("tls.crt"), &self.pki.client.0).unwrap();
         std::fs::write(dir.join("tls.key"), &self.pki.client.1).unwrap();
         std::fs::write(dir.join("ca.crt"), &self.pki.ca_pem).unwrap();
         let kubeconfig = self.harness.cluster("west").kubeconfig_path();
         tokio::process::Command::new(bin)
             .args(["--link", "east", "-n", LINK_NS, "--identity", "binary"])
-            .arg("--admin-addr=127.0.0.1:0")
+            .arg(format!("--admin-addr={admin}"))
             .arg("--identity-dir")
             .arg(dir)
             .env("KUBECONFIG", kubeconfig)
@@ -596,6 +617,10 @@ async fn export_update_unexport_delete_and_link_delete() {
         .await;
     assert_eq!(status.services[0].local_name, "books-east");
     assert_eq!(status.services[0].condition.reason, "Mirrored");
+    // The probe that made the gateway alive reported its latency (meshlink gateways).
+    let latency = status.probe_latency.expect("probe latency in status");
+    assert!(latency.samples >= 1 && latency.p50_ms > 0.0, "{latency:?}");
+    assert!(latency.p99_ms >= latency.p50_ms, "{latency:?}");
 
     // Remote update: a new port and label follow; unready remote endpoints
     // make the mirror endpoints unready.
@@ -928,7 +953,11 @@ async fn many_services_are_mirrored_and_changes_propagate() {
     let dir = tempfile::tempdir().unwrap();
     let started = tokio::time::Instant::now();
     let (_controller, child) = match &bin {
-        Some(bin) => (None, Some(env.controller_binary(bin, dir.path()))),
+        Some(bin) => {
+            let admin = multicluster_tests::free_addr().unwrap();
+            let child = env.controller_binary(bin, dir.path(), admin);
+            (None, Some(child))
+        }
         None => (Some(env.controller("replica-a")), None),
     };
     let slices: Api<EndpointSlice> = Api::namespaced(west.clone(), "bulk");
@@ -999,4 +1028,166 @@ async fn many_services_are_mirrored_and_changes_propagate() {
         pct(99)
     );
     assert!(all_mirrored < Duration::from_secs(30), "{all_mirrored:?}");
+}
+
+/// A DNS server on loopback UDP that answers every A query with the address in
+/// `answer` (TTL 1 s) and every other query with no records: enough for a
+/// resolver to follow a gateway name as it moves.
+async fn dns_server(
+    answer: Arc<std::sync::Mutex<std::net::Ipv4Addr>>,
+) -> (SocketAddr, JoinHandle<()>) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let query = &buf[..n];
+            // The header is 12 bytes; the question is a name (ending in a zero
+            // label), a type and a class.
+            let Some(zero) = query.get(12..).and_then(|q| q.iter().position(|b| *b == 0)) else {
+                continue;
+            };
+            let end = 12 + zero + 5;
+            if end > n {
+                continue;
+            }
+            let is_a = query[end - 4..end - 2] == [0, 1];
+            let mut reply = query[..end].to_vec();
+            reply[2] = 0x84 | (query[2] & 0x01); // response, authoritative, RD echoed
+            reply[3] = 0;
+            reply[6..12].copy_from_slice(&[0, u8::from(is_a), 0, 0, 0, 0]);
+            if is_a {
+                // A pointer to the question's name, type A, class IN, TTL 1, 4 bytes.
+                reply.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                let ip = *answer.lock().unwrap();
+                reply.extend_from_slice(&ip.octets());
+            }
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    });
+    (addr, task)
+}
+
+/// The addresses of a mirror slice's endpoints that are ready.
+fn ready_addresses(slice: &EndpointSlice) -> Vec<String> {
+    slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .flat_map(|e| e.addresses.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_dns_names_are_resolved_and_followed() {
+    let env = Env::start().await;
+    let (east, west) = (env.east(), env.west());
+    for c in [&east, &west] {
+        create_namespace(c, "shop").await;
+    }
+    env.put_valid_secret().await;
+    // A second gateway replica at another address, healthy too.
+    let second_pod = env
+        .harness
+        .cluster("east")
+        .create_gateway_pod("gateway-b", "east-b")
+        .unwrap();
+    let second_ip = second_pod.gateway_address().unwrap();
+    // The Link has one probe port for every address.
+    let port = env.gateway.addr.port();
+    let _second = probe_server(
+        &env.pki,
+        listen_in_netns(second_pod.netns(), second_ip, port),
+    )
+    .await;
+    let std::net::IpAddr::V4(first_ip) = env.gateway.addr.ip() else {
+        panic!("gateway addresses are IPv4");
+    };
+    let answer = Arc::new(std::sync::Mutex::new(first_ip));
+    let (dns, _dns_task) = dns_server(answer.clone()).await;
+    env.put_link_via("east", "gateway.east.example").await;
+    apply(&east, "shop", &exported_service("books", "true", &[])).await;
+    apply(
+        &east,
+        "shop",
+        &remote_slice("books", &[("10.1.0.5", true, None)]),
+    )
+    .await;
+    let _controller = env.controller_with(
+        "replica-a",
+        SessionConfig {
+            concurrency: 4,
+            resync_interval: Duration::from_secs(5),
+            resolve_interval: Duration::from_secs(1),
+            dns_server: Some(dns),
+        },
+    );
+    slice_until(
+        &west,
+        "shop",
+        "books-east",
+        "the name's first address",
+        |s| ready_addresses(s) == [first_ip.to_string()],
+    )
+    .await;
+
+    // The name moves to the second replica: the mirror follows without a restart.
+    *answer.lock().unwrap() = second_ip;
+    slice_until(&west, "shop", "books-east", "the name's new address", |s| {
+        ready_addresses(s) == [second_ip.to_string()]
+    })
+    .await;
+}
+
+/// `GET path` on an admin server over plain HTTP/1.0: status code and body.
+async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.ok()?;
+    let status = reply.split(' ').nth(1)?.parse().ok()?;
+    let body = reply.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_metrics_and_ready_and_stops_on_sigterm() {
+    let env = Env::linked("shop").await;
+    let east = env.east();
+    apply(&east, "shop", &exported_service("books", "true", &[])).await;
+    apply(
+        &east,
+        "shop",
+        &remote_slice("books", &[("10.1.0.5", true, None)]),
+    )
+    .await;
+    let bin = multicluster_tests::meshlink_binary("mirror").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = multicluster_tests::free_addr().unwrap();
+    let mut child = env.controller_binary(bin.to_str().unwrap(), dir.path(), admin);
+
+    eventually("/ready answers 200", || async {
+        (admin_get(admin, "/ready").await?.0 == 200).then_some(())
+    })
+    .await;
+    let text = eventually("the mirror and the probe in /metrics", || async {
+        let (status, body) = admin_get(admin, "/metrics").await?;
+        let mirrored = body.contains(r#"mirror_mirrored_services{target_cluster="east"} 1"#);
+        let alive = body.contains(r#"mirror_gateway_alive{target_cluster="east"} 1"#);
+        (status == 200 && mirrored && alive).then_some(body)
+    })
+    .await;
+    assert!(
+        text.contains(r#"mirror_probe_latency_seconds_count{target_cluster="east"}"#),
+        "{text}"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the mirror exits within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }

@@ -1,0 +1,33 @@
+{{/* Labels of every object of component `.component`. */}}
+{{- define "meshlink.labels" -}}
+app.kubernetes.io/name: meshlink
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: meshlink
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+{{- end }}
+
+{{/* Pod selector of component `.`. */}}
+{{- define "meshlink.selector" -}}
+app.kubernetes.io/name: meshlink
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+
+{{/* Image of component `.component`. */}}
+{{- define "meshlink.image" -}}
+{{ .ctx.Values.image.registry }}/{{ .component }}:{{ .ctx.Values.image.tag | default .ctx.Chart.AppVersion }}
+{{- end }}
+
+{{/* Anti-affinity over hosts (required) and zones (preferred) for pods matching selector `.`. */}}
+{{- define "meshlink.antiAffinity" -}}
+podAntiAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+  - labelSelector:
+      matchLabels: {{- . | nindent 8 }}
+    topologyKey: kubernetes.io/hostname
+  preferredDuringSchedulingIgnoredDuringExecution:
+  - weight: 100
+    podAffinityTerm:
+      labelSelector:
+        matchLabels: {{- . | nindent 10 }}
+      topologyKey: topology.kubernetes.io/zone
+{{- end }}

@@ -1,0 +1,567 @@
+//! `meshlink install`: the manifests of the two charts in `charts/` (control plane
+//! `meshlink`, and `meshlink-multicluster`) for `kubectl apply -f -`, plus their
+//! two Namespaces. The chart files (values, HA values, CRDs) are embedded, and
+//! the templates are mirrored here object by object; `multicluster-tests/tests/
+//! charts.rs` asserts this output equals `helm template` for the same values, so
+//! a change to one side without the other fails a test.
+
+mod values;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cli::{DEFAULT_MULTICLUSTER_NAMESPACE, InstallArgs, OutputFormat};
+use crate::error::CliError;
+use crate::output;
+
+/// Namespace of the control-plane chart's objects.
+pub const CONTROL_PLANE_NAMESPACE: &str = "meshlink";
+
+/// The charts' `appVersion`, which is the workspace version.
+const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+const CP_VALUES: &str = include_str!("../../charts/meshlink/values.yaml");
+const CP_VALUES_HA: &str = include_str!("../../charts/meshlink/values-ha.yaml");
+const MC_VALUES: &str = include_str!("../../charts/meshlink-multicluster/values.yaml");
+const MC_VALUES_HA: &str = include_str!("../../charts/meshlink-multicluster/values-ha.yaml");
+/// The Link CRD as the multicluster chart ships it (a test keeps it equal to api/crds).
+pub const LINK_CRD: &str = include_str!("../../charts/meshlink-multicluster/crds/link.yaml");
+
+/// Runs `install`: renders without contacting any cluster.
+pub fn run(args: &InstallArgs, format: Option<OutputFormat>) -> Result<String, CliError> {
+    output::manifest_format(format)?;
+    let objects = render(args).map_err(CliError::Usage)?;
+    output::manifests(&objects, format)
+}
+
+/// Every object, Namespaces and CRDs first so `kubectl apply -f -` succeeds in one go.
+pub fn render(args: &InstallArgs) -> Result<Vec<Value>, String> {
+    let (cp, mc) = chart_values(args)?;
+    let cp: ControlPlane = typed("meshlink", cp)?;
+    let mc: Multicluster = typed("meshlink-multicluster", mc)?;
+    let mut objects = vec![
+        namespace(CONTROL_PLANE_NAMESPACE),
+        namespace(DEFAULT_MULTICLUSTER_NAMESPACE),
+    ];
+    objects.push(serde_yaml_ng::from_str(LINK_CRD).map_err(|e| format!("Link CRD: {e}"))?);
+    objects.extend(control_plane(&cp));
+    objects.extend(multicluster(&mc));
+    Ok(objects)
+}
+
+/// Defaults, then the HA files, then `--gateway` and `--set` (each applied to the
+/// charts that have its top-level key).
+fn chart_values(args: &InstallArgs) -> Result<(Value, Value), String> {
+    let mut cp = values::parse_yaml("meshlink/values.yaml", CP_VALUES)?;
+    let mut mc = values::parse_yaml("meshlink-multicluster/values.yaml", MC_VALUES)?;
+    if args.ha {
+        values::merge(
+            &mut cp,
+            &values::parse_yaml("meshlink/values-ha.yaml", CP_VALUES_HA)?,
+        );
+        let ha = values::parse_yaml("meshlink-multicluster/values-ha.yaml", MC_VALUES_HA)?;
+        values::merge(&mut mc, &ha);
+    }
+    let mut assignments = Vec::new();
+    if !args.gateway {
+        assignments.extend(values::parse_set("gateway.enabled=false")?);
+    }
+    for text in &args.set {
+        assignments.extend(values::parse_set(text)?);
+    }
+    for a in &assignments {
+        let mut known = false;
+        for chart in [&mut cp, &mut mc] {
+            if chart.get(a.root()).is_some() {
+                values::apply(chart, a)?;
+                known = true;
+            }
+        }
+        if !known {
+            return Err(format!(
+                "--set {}: neither chart has a value {:?} (see charts/*/values.yaml)",
+                a.root(),
+                a.root()
+            ));
+        }
+    }
+    Ok((cp, mc))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(chart: &str, values: Value) -> Result<T, String> {
+    serde_json::from_value(values).map_err(|e| {
+        format!("values of chart {chart}: {e}; check --set against charts/{chart}/values.yaml")
+    })
+}
+
+/// Values both charts have.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Common {
+    cluster_domain: String,
+    log_level: String,
+    log_format: String,
+    image: Image,
+    enable_pod_anti_affinity: bool,
+    pod_security_context: Value,
+    security_context: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Image {
+    registry: String,
+    tag: String,
+    pull_policy: String,
+}
+
+/// Values of the `meshlink` chart.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ControlPlane {
+    #[serde(flatten)]
+    common: Common,
+    cluster_name: String,
+    controller: Controller,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Controller {
+    replicas: i64,
+    discovery_port: u16,
+    admin_port: u16,
+    resources: Value,
+    pod_disruption_budget: Pdb,
+    node_selector: Value,
+    tolerations: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Pdb {
+    enabled: bool,
+    max_unavailable: Value,
+}
+
+/// Values of the `meshlink-multicluster` chart.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Multicluster {
+    #[serde(flatten)]
+    common: Common,
+    identity_trust_domain: String,
+    control_plane_namespace: String,
+    gateway: Gateway,
+    mirror: Mirror,
+    links: Vec<LinkEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Gateway {
+    enabled: bool,
+    replicas: i64,
+    port: u16,
+    probe_port: u16,
+    service_type: String,
+    service_annotations: Value,
+    identity_secret: String,
+    resources: Value,
+    pod_disruption_budget: Pdb,
+    node_selector: Value,
+    tolerations: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Mirror {
+    replicas: i64,
+    lease_duration_seconds: u64,
+    identity_secret: String,
+    admin_port: u16,
+    resources: Value,
+    pod_disruption_budget: Pdb,
+    node_selector: Value,
+    tolerations: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkEntry {
+    name: String,
+}
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+/// Which chart renders, for labels and images (`_helpers.tpl` of each chart).
+struct Ctx<'a> {
+    chart: &'a str,
+    namespace: &'a str,
+    common: &'a Common,
+}
+
+impl Ctx<'_> {
+    fn selector(&self, component: &str) -> Value {
+        json!({"app.kubernetes.io/name": self.chart, "app.kubernetes.io/component": component})
+    }
+
+    fn labels(&self, component: &str) -> Value {
+        let mut labels = self.selector(component);
+        labels["app.kubernetes.io/part-of"] = "meshlink".into();
+        labels["app.kubernetes.io/version"] = APP_VERSION.into();
+        labels
+    }
+
+    fn meta(&self, name: &str, labels: &Value) -> Value {
+        json!({"name": name, "namespace": self.namespace, "labels": labels})
+    }
+
+    fn image(&self, component: &str) -> String {
+        let image = &self.common.image;
+        let tag = if image.tag.is_empty() {
+            APP_VERSION
+        } else {
+            &image.tag
+        };
+        format!("{}/{component}:{tag}", image.registry)
+    }
+
+    /// The container fields every component shares.
+    fn container(&self, name: &str, args: Vec<String>, resources: &Value) -> Value {
+        let mut env = vec![
+            json!({"name": "RUST_LOG", "value": self.common.log_level}),
+            json!({"name": "MESHLINK_LOG_FORMAT", "value": self.common.log_format}),
+        ];
+        if name == "mirror" {
+            let field = |n: &str, path: &str| json!({"name": n, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+            env.splice(
+                0..0,
+                [
+                    field("POD_NAMESPACE", "metadata.namespace"),
+                    field("POD_NAME", "metadata.name"),
+                ],
+            );
+        }
+        json!({
+            "name": name,
+            "image": self.image(name),
+            "imagePullPolicy": self.common.image.pull_policy,
+            "args": args,
+            "env": env,
+            "resources": resources,
+            "securityContext": self.common.security_context,
+        })
+    }
+
+    /// The pod spec fields every component shares (`mc.affinity`, `with` blocks).
+    fn pod_spec(
+        &self,
+        account: &str,
+        selector: &Value,
+        node_selector: &Value,
+        tolerations: &Value,
+    ) -> Value {
+        let mut spec = json!({
+            "serviceAccountName": account,
+            "securityContext": self.common.pod_security_context,
+        });
+        if self.common.enable_pod_anti_affinity {
+            let term =
+                |key: &str| json!({"labelSelector": {"matchLabels": selector}, "topologyKey": key});
+            spec["affinity"] = json!({"podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [term("kubernetes.io/hostname")],
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "podAffinityTerm": term("topology.kubernetes.io/zone")}
+                ],
+            }});
+        }
+        if truthy(node_selector) {
+            spec["nodeSelector"] = node_selector.clone();
+        }
+        if truthy(tolerations) {
+            spec["tolerations"] = tolerations.clone();
+        }
+        spec
+    }
+
+    fn deployment(
+        &self,
+        name: &str,
+        replicas: i64,
+        labels: &Value,
+        selector: &Value,
+        pod: Value,
+    ) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": self.meta(name, labels),
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": selector},
+                "template": {"metadata": {"labels": labels}, "spec": pod},
+            },
+        })
+    }
+
+    fn pdb(&self, name: &str, pdb: &Pdb, labels: &Value, selector: &Value) -> Option<Value> {
+        pdb.enabled.then(|| json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": self.meta(name, labels),
+            "spec": {"maxUnavailable": pdb.max_unavailable, "selector": {"matchLabels": selector}},
+        }))
+    }
+
+    fn service_account(&self, name: &str, labels: &Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": self.meta(name, labels)})
+    }
+}
+
+/// Go templates' truthiness for `with`: empty maps, lists, strings and null are false.
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::String(s) => !s.is_empty(),
+        Value::Number(n) => n.as_f64() != Some(0.0),
+    }
+}
+
+fn probe(path: &str, port: &str) -> Value {
+    json!({"httpGet": {"path": path, "port": port}})
+}
+
+fn port(name: &str, number: u16) -> Value {
+    json!({"name": name, "containerPort": number})
+}
+
+fn rule(group: &str, resource: &str, verbs: &[&str]) -> Value {
+    json!({"apiGroups": [group], "resources": [resource], "verbs": verbs})
+}
+
+/// A (Cluster)RoleBinding of `role` to ServiceAccount `account` in `account_ns`.
+fn role_binding(kind: &str, role: &str, meta: Value, account: &str, account_ns: &str) -> Value {
+    let role_kind = kind.trim_end_matches("Binding");
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_ns}],
+    })
+}
+
+/// The `meshlink` chart's templates.
+fn control_plane(v: &ControlPlane) -> Vec<Value> {
+    let ctx = Ctx {
+        chart: "meshlink",
+        namespace: CONTROL_PLANE_NAMESPACE,
+        common: &v.common,
+    };
+    let c = &v.controller;
+    let name = "meshlink-controller";
+    let labels = ctx.labels("controller");
+    let selector = ctx.selector("controller");
+    let cluster_meta = json!({"name": name, "labels": labels});
+    let mut pod = ctx.pod_spec(name, &selector, &c.node_selector, &c.tolerations);
+    let args = vec![
+        format!("--cluster-name={}", v.cluster_name),
+        format!("--cluster-domain={}", v.common.cluster_domain),
+        format!("--discovery-addr=0.0.0.0:{}", c.discovery_port),
+        format!("--admin-addr=0.0.0.0:{}", c.admin_port),
+    ];
+    let mut container = ctx.container("controller", args, &c.resources);
+    container["ports"] = json!([port("grpc", c.discovery_port), port("admin", c.admin_port)]);
+    container["readinessProbe"] = probe("/ready", "admin");
+    container["livenessProbe"] = probe("/live", "admin");
+    pod["containers"] = json!([container]);
+    let mut objects = vec![
+        ctx.service_account(name, &labels),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta,
+            "rules": [
+                rule("", "services", &["get", "list", "watch"]),
+                rule("discovery.k8s.io", "endpointslices", &["get", "list", "watch"]),
+            ],
+        }),
+        role_binding(
+            "ClusterRoleBinding",
+            name,
+            cluster_meta.clone(),
+            name,
+            CONTROL_PLANE_NAMESPACE,
+        ),
+        json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": ctx.meta(name, &labels),
+            "spec": {"type": "ClusterIP", "selector": selector, "ports": [
+                {"name": "grpc", "port": c.discovery_port, "targetPort": "grpc", "appProtocol": "grpc"},
+                {"name": "admin", "port": c.admin_port, "targetPort": "admin"},
+            ]},
+        }),
+        ctx.deployment(name, c.replicas, &labels, &selector, pod),
+    ];
+    objects.extend(ctx.pdb(name, &c.pod_disruption_budget, &labels, &selector));
+    objects
+}
+
+/// The `meshlink-multicluster` chart's templates (CRDs are added by [`render`]).
+fn multicluster(v: &Multicluster) -> Vec<Value> {
+    let ns = DEFAULT_MULTICLUSTER_NAMESPACE;
+    let ctx = Ctx {
+        chart: "meshlink-multicluster",
+        namespace: ns,
+        common: &v.common,
+    };
+    let mut objects = Vec::new();
+    if v.gateway.enabled {
+        objects.extend(gateway(&ctx, v));
+    }
+    if !v.links.is_empty() {
+        objects.extend(mirror_rbac(&ctx));
+    }
+    for link in &v.links {
+        objects.extend(mirror(&ctx, &v.mirror, &link.name));
+    }
+    objects
+}
+
+fn identity_volume(secret: &str) -> (Value, Value) {
+    let mount =
+        json!([{"name": "identity", "mountPath": "/var/run/meshlink/identity", "readOnly": true}]);
+    let volume = json!([{"name": "identity", "secret": {"secretName": secret}}]);
+    (mount, volume)
+}
+
+fn gateway(ctx: &Ctx<'_>, v: &Multicluster) -> Vec<Value> {
+    let g = &v.gateway;
+    let name = "meshlink-gateway";
+    let labels = ctx.labels("gateway");
+    let selector = ctx.selector("gateway");
+    let mut annotations = json!({
+        api::labels::ENDPOINT_IDENTITY:
+            format!("spiffe://{}/ns/{}/sa/{name}", v.identity_trust_domain, ctx.namespace),
+    });
+    if let (Value::Object(extra), Some(map)) = (&g.service_annotations, annotations.as_object_mut())
+    {
+        map.extend(extra.clone());
+    }
+    let mut service_meta = ctx.meta(name, &labels);
+    service_meta["annotations"] = annotations;
+    let domain = &v.common.cluster_domain;
+    let args = vec![
+        format!("--addr=0.0.0.0:{}", g.port),
+        format!("--admin-addr=0.0.0.0:{}", g.probe_port),
+        format!("--cluster-domain={domain}"),
+        format!(
+            "--discovery-addr=meshlink-controller.{}.svc.{domain}:8086",
+            v.control_plane_namespace
+        ),
+        "--tls-cert=/var/run/meshlink/identity/tls.crt".into(),
+        "--tls-key=/var/run/meshlink/identity/tls.key".into(),
+        "--tls-trust=/var/run/meshlink/identity/ca.crt".into(),
+    ];
+    let mut container = ctx.container("gateway", args, &g.resources);
+    container["ports"] = json!([port("mc-gateway", g.port), port("mc-probe", g.probe_port)]);
+    container["readinessProbe"] = probe("/ready", "mc-probe");
+    container["livenessProbe"] = probe("/live", "mc-probe");
+    let (mount, volume) = identity_volume(&g.identity_secret);
+    container["volumeMounts"] = mount;
+    let mut pod = ctx.pod_spec(name, &selector, &g.node_selector, &g.tolerations);
+    pod["containers"] = json!([container]);
+    pod["volumes"] = volume;
+    let mut objects = vec![
+        ctx.service_account(name, &labels),
+        json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": service_meta,
+            "spec": {"type": g.service_type, "selector": selector, "ports": [
+                {"name": "mc-gateway", "port": g.port, "targetPort": "mc-gateway"},
+                {"name": "mc-probe", "port": g.probe_port, "targetPort": "mc-probe"},
+            ]},
+        }),
+        ctx.deployment(name, g.replicas, &labels, &selector, pod),
+    ];
+    objects.extend(ctx.pdb(name, &g.pod_disruption_budget, &labels, &selector));
+    objects
+}
+
+fn mirror_rbac(ctx: &Ctx<'_>) -> Vec<Value> {
+    let name = "meshlink-mirror";
+    let labels = ctx.labels("mirror");
+    let cluster_name = format!("{name}-{}", ctx.namespace);
+    let cluster_meta = json!({"name": cluster_name, "labels": labels});
+    let write = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    vec![
+        ctx.service_account(name, &labels),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": ctx.meta(name, &labels),
+            "rules": [
+                rule("multicluster.meshlink.io", "links", &["get", "list", "watch", "patch", "update"]),
+                rule("multicluster.meshlink.io", "links/status", &["get", "patch", "update"]),
+                rule("", "secrets", &["get", "list", "watch"]),
+                rule("coordination.k8s.io", "leases", &["get", "create", "update", "patch"]),
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+            ],
+        }),
+        role_binding(
+            "RoleBinding",
+            name,
+            ctx.meta(name, &labels),
+            name,
+            ctx.namespace,
+        ),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta,
+            "rules": [
+                rule("", "services", &write),
+                rule("discovery.k8s.io", "endpointslices", &write),
+                rule("", "namespaces", &["get", "list", "watch", "create"]),
+            ],
+        }),
+        role_binding(
+            "ClusterRoleBinding",
+            &cluster_name,
+            cluster_meta.clone(),
+            name,
+            ctx.namespace,
+        ),
+    ]
+}
+
+fn mirror(ctx: &Ctx<'_>, m: &Mirror, link: &str) -> Vec<Value> {
+    let name = format!("meshlink-mirror-{link}");
+    let mut labels = ctx.labels("mirror");
+    let mut selector = ctx.selector("mirror");
+    labels["multicluster.meshlink.io/link"] = link.into();
+    selector["multicluster.meshlink.io/link"] = link.into();
+    let args = vec![
+        format!("--link={link}"),
+        format!("--admin-addr=0.0.0.0:{}", m.admin_port),
+        "--identity-dir=/var/run/meshlink/identity".into(),
+        format!("--lease-duration-secs={}", m.lease_duration_seconds),
+    ];
+    let mut container = ctx.container("mirror", args, &m.resources);
+    container["ports"] = json!([port("admin", m.admin_port)]);
+    container["readinessProbe"] = probe("/ready", "admin");
+    container["livenessProbe"] = probe("/live", "admin");
+    let (mount, volume) = identity_volume(&m.identity_secret);
+    container["volumeMounts"] = mount;
+    let mut pod = ctx.pod_spec(
+        "meshlink-mirror",
+        &selector,
+        &m.node_selector,
+        &m.tolerations,
+    );
+    pod["containers"] = json!([container]);
+    pod["volumes"] = volume;
+    let mut objects = vec![ctx.deployment(&name, m.replicas, &labels, &selector, pod)];
+    objects.extend(ctx.pdb(&name, &m.pod_disruption_budget, &labels, &selector));
+    objects
+}
+
+#[cfg(test)]
+mod tests;

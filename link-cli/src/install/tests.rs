@@ -1,0 +1,127 @@
+use super::*;
+use crate::golden;
+
+fn args(gateway: bool, ha: bool, set: &[&str]) -> InstallArgs {
+    InstallArgs {
+        gateway,
+        ha,
+        set: set.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn default_install_matches_golden() {
+    let objects = render(&args(true, false, &["links[0].name=east"])).unwrap();
+    // The CRD is api/crds/link.yaml (see below); the golden holds everything else.
+    assert_eq!(objects[2]["kind"], "CustomResourceDefinition");
+    let rest: Vec<Value> = objects
+        .into_iter()
+        .filter(|o| o["kind"] != "CustomResourceDefinition")
+        .collect();
+    golden::check("install.yaml", &output::manifests(&rest, None).unwrap());
+}
+
+#[test]
+fn chart_crd_is_the_api_crd() {
+    let api = include_str!("../../../api/crds/link.yaml");
+    assert!(
+        LINK_CRD == api,
+        "charts/meshlink-multicluster/crds/link.yaml differs from api/crds/link.yaml: copy it over"
+    );
+}
+
+#[test]
+fn gateway_false_drops_only_the_gateway() {
+    let with = kinds(&render(&args(true, false, &[])).unwrap());
+    let without = kinds(&render(&args(false, false, &[])).unwrap());
+    let dropped: Vec<_> = with.iter().filter(|k| !without.contains(k)).collect();
+    assert_eq!(
+        dropped,
+        [
+            "ServiceAccount/meshlink-gateway",
+            "Service/meshlink-gateway",
+            "Deployment/meshlink-gateway"
+        ]
+    );
+    assert!(without.contains(&"Deployment/meshlink-controller".to_owned()));
+}
+
+#[test]
+fn every_container_is_locked_down_and_bounded() {
+    let objects = render(&args(true, true, &["links={}", "links[0].name=east"])).unwrap();
+    let deployments: Vec<_> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .collect();
+    assert_eq!(deployments.len(), 3, "{:?}", kinds(&objects));
+    for d in deployments {
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert!(
+            pod["affinity"]["podAntiAffinity"].is_object(),
+            "HA spreads {}",
+            d["metadata"]["name"]
+        );
+        for c in pod["containers"].as_array().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], true);
+            assert_eq!(sc["allowPrivilegeEscalation"], false);
+            assert!(c["resources"]["limits"]["memory"].is_string());
+            assert!(c["resources"]["requests"]["cpu"].is_string());
+        }
+    }
+    let pdbs = objects
+        .iter()
+        .filter(|o| o["kind"] == "PodDisruptionBudget")
+        .count();
+    assert_eq!(pdbs, 3);
+}
+
+#[test]
+fn set_reaches_each_chart_with_the_key_and_refuses_unknown_keys() {
+    let objects = render(&args(
+        true,
+        false,
+        &["image.tag=dev", "controller.replicas=2"],
+    ))
+    .unwrap();
+    let images: Vec<_> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .map(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        images,
+        [
+            "ghcr.io/meshlink/controller:dev",
+            "ghcr.io/meshlink/gateway:dev"
+        ]
+    );
+    let err = render(&args(true, false, &["nosuch.key=1"])).unwrap_err();
+    assert!(
+        err.contains("neither chart has a value \"nosuch\""),
+        "{err}"
+    );
+    let err = render(&args(true, false, &["controller.replicas=many"])).unwrap_err();
+    assert!(err.contains("values of chart meshlink"), "{err}");
+    let err = render(&args(true, false, &["controller.typo=1"])).unwrap_err();
+    assert!(err.contains("unknown field `typo`"), "{err}");
+}

@@ -1,0 +1,257 @@
+//! The Helm charts in `charts/` against helm itself (built from Go modules by
+//! `go/build.sh helm`): `helm lint --strict` is clean, and `meshlink install`
+//! renders exactly what `helm template` renders from the same values (default,
+//! HA, `--gateway=false`, `--set`), compared as parsed YAML documents.
+//!
+//! Needs the `meshlink` binary in the same target directory (`cargo build -p link-cli`).
+
+// A failed unwrap is a failed test, which is what tests are for.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use multicluster_tests::{Binaries, meshlink_binary};
+use serde::Deserialize;
+use serde_json::Value;
+
+fn chart(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts")
+        .join(name)
+}
+
+fn run(program: &Path, args: &[String]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{stderr}",
+        program.display()
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every YAML document of `text`, keyed by kind, namespace and name, with nulls
+/// dropped (a template's empty `with` and an absent field are the same object).
+fn documents(text: &str) -> BTreeMap<String, Value> {
+    let mut docs = BTreeMap::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let mut value = Value::deserialize(doc).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        strip_nulls(&mut value);
+        let meta = &value["metadata"];
+        let key = format!(
+            "{}/{}/{}",
+            value["kind"].as_str().unwrap(),
+            meta["namespace"].as_str().unwrap_or(""),
+            meta["name"].as_str().unwrap()
+        );
+        assert!(docs.insert(key.clone(), value).is_none(), "{key} twice");
+    }
+    docs
+}
+
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// A scenario: `meshlink install` flags and the equivalent helm flags.
+struct Scenario {
+    install: Vec<&'static str>,
+    helm_sets: Vec<&'static str>,
+    ha: bool,
+}
+
+fn helm_template(helm: &Path, scenario: &Scenario) -> BTreeMap<String, Value> {
+    let mut all = BTreeMap::new();
+    for (name, namespace) in [
+        ("meshlink", "meshlink"),
+        ("meshlink-multicluster", "meshlink-multicluster"),
+    ] {
+        let dir = chart(name);
+        let mut args: Vec<String> = ["template", name, dir.to_str().unwrap()]
+            .map(String::from)
+            .into();
+        args.extend([
+            "--namespace".into(),
+            namespace.into(),
+            "--include-crds".into(),
+        ]);
+        if scenario.ha {
+            args.extend([
+                "-f".into(),
+                dir.join("values-ha.yaml").display().to_string(),
+            ]);
+        }
+        for set in &scenario.helm_sets {
+            args.extend(["--set".into(), (*set).to_owned()]);
+        }
+        all.extend(documents(&run(helm, &args)));
+    }
+    all
+}
+
+fn meshlink_install(scenario: &Scenario) -> BTreeMap<String, Value> {
+    let mut args = vec!["install".to_owned()];
+    args.extend(scenario.install.iter().map(|s| (*s).to_owned()));
+    let mut docs = documents(&run(&meshlink_binary("meshlink").unwrap(), &args));
+    // Namespaces are the one addition: helm installs into an existing namespace.
+    let namespaces: Vec<String> = docs
+        .keys()
+        .filter(|k| k.starts_with("Namespace/"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        namespaces,
+        ["Namespace//meshlink", "Namespace//meshlink-multicluster"]
+    );
+    docs.retain(|k, _| !k.starts_with("Namespace/"));
+    docs
+}
+
+fn assert_same(name: &str, scenario: &Scenario, expect_kinds: &[&str]) {
+    let helm = Binaries::helm().unwrap();
+    let ours = meshlink_install(scenario);
+    let theirs = helm_template(&helm, scenario);
+    let keys = |m: &BTreeMap<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&ours), keys(&theirs), "{name}: different objects");
+    for (key, value) in &theirs {
+        assert_eq!(
+            &ours[key],
+            value,
+            "{name}: {key} differs\nmeshlink install:\n{}\nhelm template:\n{}",
+            serde_yaml_ng::to_string(&ours[key]).unwrap(),
+            serde_yaml_ng::to_string(value).unwrap()
+        );
+    }
+    for kind in expect_kinds {
+        assert!(
+            theirs.keys().any(|k| k.starts_with(kind)),
+            "{name}: no {kind} in {:?}",
+            keys(&theirs)
+        );
+    }
+}
+
+#[test]
+fn meshlink_install_equals_helm_template_by_default() {
+    let scenario = Scenario {
+        install: vec![],
+        helm_sets: vec![],
+        ha: false,
+    };
+    let kinds = [
+        "CustomResourceDefinition/",
+        "Deployment/meshlink/meshlink-controller",
+        "Deployment/meshlink-multicluster/meshlink-gateway",
+        "Service/meshlink-multicluster/meshlink-gateway",
+        "ClusterRole/",
+    ];
+    assert_same("default", &scenario, &kinds);
+}
+
+#[test]
+fn meshlink_install_equals_helm_template_with_ha_values_and_links() {
+    let scenario = Scenario {
+        install: vec!["--ha", "--set", "links[0].name=east,links[1].name=north"],
+        helm_sets: vec!["links[0].name=east,links[1].name=north"],
+        ha: true,
+    };
+    let kinds = [
+        "PodDisruptionBudget/meshlink/meshlink-controller",
+        "PodDisruptionBudget/meshlink-multicluster/meshlink-gateway",
+        "PodDisruptionBudget/meshlink-multicluster/meshlink-mirror-north",
+        "Deployment/meshlink-multicluster/meshlink-mirror-east",
+        "Role/meshlink-multicluster/meshlink-mirror",
+    ];
+    assert_same("ha", &scenario, &kinds);
+}
+
+#[test]
+fn meshlink_install_equals_helm_template_without_the_gateway() {
+    let scenario = Scenario {
+        install: vec!["--gateway=false", "--set", "links[0].name=east"],
+        helm_sets: vec!["gateway.enabled=false", "links[0].name=east"],
+        ha: false,
+    };
+    assert_same(
+        "gateway=false",
+        &scenario,
+        &["Deployment/meshlink-multicluster/meshlink-mirror-east"],
+    );
+    let ours = meshlink_install(&scenario);
+    assert!(!ours.keys().any(|k| k.contains("meshlink-gateway")));
+}
+
+#[test]
+fn meshlink_install_equals_helm_template_with_set_values() {
+    let sets = vec![
+        "clusterName=west",
+        "image.tag=dev",
+        "controller.replicas=2",
+        "gateway.serviceType=NodePort",
+        "gateway.serviceAnnotations.team=net",
+        "mirror.nodeSelector.pool=infra",
+        "controller.podDisruptionBudget.enabled=true",
+        "controller.podDisruptionBudget.maxUnavailable=50%",
+    ];
+    let mut install = Vec::new();
+    for set in &sets {
+        install.extend(["--set", set]);
+    }
+    let mut with_link = sets.clone();
+    with_link.push("links[0].name=east");
+    install.extend(["--set", "links[0].name=east"]);
+    let scenario = Scenario {
+        install,
+        helm_sets: with_link,
+        ha: false,
+    };
+    assert_same(
+        "set",
+        &scenario,
+        &["PodDisruptionBudget/meshlink/meshlink-controller"],
+    );
+}
+
+#[test]
+fn helm_lint_is_clean_for_both_charts_default_and_ha() {
+    let helm = Binaries::helm().unwrap();
+    for name in ["meshlink", "meshlink-multicluster"] {
+        let dir = chart(name);
+        let ha = dir.join("values-ha.yaml").display().to_string();
+        let d = dir.display().to_string();
+        for extra in [
+            vec![],
+            vec![
+                "-f".to_owned(),
+                ha,
+                "--set".into(),
+                "links[0].name=east".into(),
+            ],
+        ] {
+            let mut args = vec!["lint".to_owned(), "--strict".into(), d.clone()];
+            args.extend(extra);
+            let out = run(&helm, &args);
+            assert!(
+                out.contains("1 chart(s) linted, 0 chart(s) failed"),
+                "{out}"
+            );
+            assert!(
+                !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+                "{out}"
+            );
+        }
+    }
+}
