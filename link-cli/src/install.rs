@@ -164,6 +164,7 @@ struct Gateway {
     replicas: i64,
     port: u16,
     probe_port: u16,
+    admin_port: u16,
     service_type: String,
     service_annotations: Value,
     identity_secret: String,
@@ -452,7 +453,8 @@ fn gateway(ctx: &Ctx<'_>, v: &Multicluster) -> Vec<Value> {
     let domain = &v.common.cluster_domain;
     let args = vec![
         format!("--addr=0.0.0.0:{}", g.port),
-        format!("--admin-addr=0.0.0.0:{}", g.probe_port),
+        format!("--admin-addr=0.0.0.0:{}", g.admin_port),
+        format!("--probe-addr=0.0.0.0:{}", g.probe_port),
         format!("--cluster-domain={domain}"),
         format!(
             "--discovery-addr=meshlink-controller.{}.svc.{domain}:8086",
@@ -463,9 +465,13 @@ fn gateway(ctx: &Ctx<'_>, v: &Multicluster) -> Vec<Value> {
         "--tls-trust=/var/run/meshlink/identity/ca.crt".into(),
     ];
     let mut container = ctx.container("gateway", args, &g.resources);
-    container["ports"] = json!([port("mc-gateway", g.port), port("mc-probe", g.probe_port)]);
-    container["readinessProbe"] = probe("/ready", "mc-probe");
-    container["livenessProbe"] = probe("/live", "mc-probe");
+    container["ports"] = json!([
+        port("mc-gateway", g.port),
+        port("mc-probe", g.probe_port),
+        port("admin", g.admin_port),
+    ]);
+    container["readinessProbe"] = probe("/ready", "admin");
+    container["livenessProbe"] = probe("/live", "admin");
     let (mount, volume) = identity_volume(&g.identity_secret);
     container["volumeMounts"] = mount;
     let mut pod = ctx.pod_spec(name, &selector, &g.node_selector, &g.tolerations);
