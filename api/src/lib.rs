@@ -7,4 +7,5 @@ pub mod discovery;
 pub mod identity;
 pub mod labels;
 pub mod link;
+pub mod split;
 pub mod transport_header;

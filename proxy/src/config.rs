@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+mod balance;
+pub use balance::BalanceArgs;
+
 use crate::Error;
 use crate::accept::AcceptConfig;
 use crate::detect::DetectConfig;
@@ -237,6 +240,9 @@ pub struct RunArgs {
     /// Timeouts and limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Load balancing.
+    #[command(flatten)]
+    pub balance: BalanceArgs,
 }
 
 /// `proxy run`, parsed and validated.
@@ -248,6 +254,8 @@ pub struct ProxyConfig {
     pub inbound: InboundConfig,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Load balancing.
+    pub balance: crate::balance::BalanceConfig,
 }
 
 impl RunArgs {
@@ -264,6 +272,7 @@ impl RunArgs {
             detect_timeout_ms,
             tls: _,
             limits,
+            balance,
         } = self;
         let addrs = [outbound_addr, inbound_addr, admin_addr];
         let ports: HashSet<_> = addrs.iter().map(|a| a.port()).collect();
@@ -310,6 +319,7 @@ impl RunArgs {
                 buffer_size,
             },
             connect_timeout,
+            balance: balance.config()?,
         })
     }
 }

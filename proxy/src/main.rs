@@ -12,7 +12,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use proxy::accept::Stop;
 use proxy::admin::{self, AdminState};
-use proxy::balance::BalanceConfig;
+use proxy::balance::metrics::TierMetrics;
 use proxy::config::{Cli, Command, InitArgs, RunArgs};
 use proxy::forward::connect::Connector;
 use proxy::inbound::Inbound;
@@ -60,12 +60,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry.sub_registry_with_prefix("proxy"),
     ));
     let connector = Connector::new(config.connect_timeout, Some(creds.configs.clone()));
-    let router = Arc::new(Router::new(
-        discovery,
-        connector,
-        BalanceConfig::default(),
-        1,
-    ));
+    let tier_metrics = TierMetrics::register(
+        registry.sub_registry_with_prefix("proxy"),
+        &args.discovery.zone,
+    );
+    let router = Arc::new(
+        Router::new(discovery, connector, config.balance, 1)
+            .with_tier_metrics(Arc::new(tier_metrics)),
+    );
     let inbound = Inbound::new(
         config.inbound,
         creds.configs.clone(),

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::Error;
+use crate::balance::metrics::TierMetrics;
 use crate::balance::{BalanceConfig, Balancer};
 use crate::discovery::{Discovery, Endpoint};
 use crate::forward::connect::Connector;
@@ -32,6 +33,7 @@ pub struct Router {
     balance: BalanceConfig,
     hop: u8,
     cache: Mutex<HashMap<String, Arc<Target>>>,
+    tier_metrics: Option<Arc<TierMetrics>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -54,7 +56,14 @@ impl Router {
             balance,
             hop,
             cache: Mutex::new(HashMap::new()),
+            tier_metrics: None,
         }
+    }
+
+    /// Counts the picks of resolved targets' balancers in `metrics`.
+    pub fn with_tier_metrics(mut self, metrics: Arc<TierMetrics>) -> Self {
+        self.tier_metrics = Some(metrics);
+        self
     }
 
     /// The target for `name`, or `None` if discovery does not know it.
@@ -70,7 +79,11 @@ impl Router {
         let Some(rx) = self.discovery.resolve(name).await? else {
             return Ok(None);
         };
-        let target = self.target(name, rx);
+        let mut target = self.target(name, rx);
+        // Only discovered targets are counted, not fixed ones; the Arc is new.
+        if let (Some(m), Some(t)) = (&self.tier_metrics, Arc::get_mut(&mut target)) {
+            t.balancer.observe(m.clone(), name);
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() < MAX_CACHED {
             return Ok(Some(
