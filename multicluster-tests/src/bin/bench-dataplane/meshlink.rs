@@ -81,5 +81,11 @@ fn hop(
         .arg("--tls-trust")
         .arg(&files.bundle)
         .env("RUST_LOG", "warn");
+    // Tuning experiments: `MESHLINK_BENCH_HOP_ENV=K=V,K2=V2` reaches these
+    // processes only (not the client, the app or nginx).
+    let extra = std::env::var("MESHLINK_BENCH_HOP_ENV").unwrap_or_default();
+    for (key, value) in extra.split(',').filter_map(|kv| kv.split_once('=')) {
+        cmd.env(key, value);
+    }
     Hop::spawn(name, cmd, dir)
 }
