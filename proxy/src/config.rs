@@ -237,6 +237,16 @@ pub struct RunArgs {
     /// Timeouts and limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Fail over on the proxy's own: skip split backends whose endpoints all
+    /// failed, and retry idempotent requests once within a 20% budget. `false`
+    /// follows the routes' weights only.
+    #[arg(
+        long,
+        env = "MESHLINK_FAILOVER_FAST_PATH",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub failover_fast_path: bool,
 }
 
 /// `proxy run`, parsed and validated.
@@ -248,6 +258,8 @@ pub struct ProxyConfig {
     pub inbound: InboundConfig,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Whether the failover fast path is on.
+    pub failover_fast_path: bool,
 }
 
 impl RunArgs {
@@ -264,6 +276,7 @@ impl RunArgs {
             detect_timeout_ms,
             tls: _,
             limits,
+            failover_fast_path,
         } = self;
         let addrs = [outbound_addr, inbound_addr, admin_addr];
         let ports: HashSet<_> = addrs.iter().map(|a| a.port()).collect();
@@ -310,6 +323,7 @@ impl RunArgs {
                 buffer_size,
             },
             connect_timeout,
+            failover_fast_path: *failover_fast_path,
         })
     }
 }

@@ -18,6 +18,7 @@ use proxy::forward::connect::Connector;
 use proxy::inbound::Inbound;
 use proxy::metrics::Metrics;
 use proxy::outbound::Outbound;
+use proxy::retry::Failover;
 use proxy::route::Router;
 use proxy::tls;
 use tokio::net::TcpListener;
@@ -60,12 +61,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry.sub_registry_with_prefix("proxy"),
     ));
     let connector = Connector::new(config.connect_timeout, Some(creds.configs.clone()));
-    let router = Arc::new(Router::new(
-        discovery,
-        connector,
-        BalanceConfig::default(),
-        1,
-    ));
+    let router = Arc::new(
+        Router::new(discovery, connector, BalanceConfig::default(), 1)
+            .with_failover(Failover::new(config.failover_fast_path)),
+    );
     let inbound = Inbound::new(
         config.inbound,
         creds.configs.clone(),

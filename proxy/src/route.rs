@@ -1,6 +1,7 @@
 //! Routing: from a target authority to a [`Target`], the balancer over that
-//! target's endpoints. Balancers are cached per target so upstream connection
-//! pools and load estimates survive across client connections.
+//! target's endpoints (and, when discovery has routes for it, the [`Split`] over
+//! its backends). Balancers are cached per target so upstream connection pools
+//! and load estimates survive across client connections.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,8 @@ use crate::balance::{BalanceConfig, Balancer};
 use crate::discovery::{Discovery, Endpoint};
 use crate::forward::connect::Connector;
 use crate::forward::http::EndpointService;
+use crate::retry::Failover;
+use crate::split::{BuildTarget, Split};
 
 /// How many targets keep a cached balancer; beyond this, balancers are per use.
 const MAX_CACHED: usize = 10_000;
@@ -23,6 +26,21 @@ pub struct Target {
     pub name: String,
     /// The endpoints.
     pub balancer: Balancer<EndpointService>,
+    /// The traffic split, when discovery has routes for the target.
+    pub split: Option<Split>,
+    /// The proxy's failover state (dead endpoints, retry budget).
+    pub failover: Arc<Failover>,
+}
+
+impl Target {
+    /// Where one request or connection goes: a backend of the split, or this
+    /// target itself when it has no routes.
+    pub async fn route(self: &Arc<Self>) -> Result<Arc<Target>, Error> {
+        match &self.split {
+            Some(split) => Ok(split.choose().await?.unwrap_or_else(|| self.clone())),
+            None => Ok(self.clone()),
+        }
+    }
 }
 
 /// Resolves targets through discovery and builds their balancers.
@@ -31,6 +49,7 @@ pub struct Router {
     connector: Connector,
     balance: BalanceConfig,
     hop: u8,
+    failover: Arc<Failover>,
     cache: Mutex<HashMap<String, Arc<Target>>>,
 }
 
@@ -53,8 +72,15 @@ impl Router {
             connector,
             balance,
             hop,
+            failover: Arc::default(),
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets the failover fast path (on by default).
+    pub fn with_failover(mut self, failover: Failover) -> Self {
+        self.failover = Arc::new(failover);
+        self
     }
 
     /// The target for `name`, or `None` if discovery does not know it.
@@ -70,7 +96,15 @@ impl Router {
         let Some(rx) = self.discovery.resolve(name).await? else {
             return Ok(None);
         };
-        let target = self.target(name, rx);
+        let mut target = self.target(name, rx);
+        if let (Some(routes), Some(t)) = (self.discovery.routes(name), Arc::get_mut(&mut target)) {
+            t.split = Some(Split::new(
+                routes,
+                self.discovery.clone(),
+                self.builder(),
+                self.failover.clone(),
+            ));
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() < MAX_CACHED {
             return Ok(Some(
@@ -91,13 +125,23 @@ impl Router {
         name: &str,
         rx: watch::Receiver<crate::discovery::EndpointSet>,
     ) -> Arc<Target> {
-        let connector = self.connector.clone();
-        let hop = self.hop;
-        Arc::new(Target {
-            name: name.to_string(),
-            balancer: Balancer::new(rx, self.balance, move |ep| {
-                EndpointService::new(ep, &connector, hop)
-            }),
+        (self.builder())(name, rx)
+    }
+
+    /// Builds targets without routes (a split's backends are plain targets).
+    fn builder(&self) -> BuildTarget {
+        let (connector, balance, hop) = (self.connector.clone(), self.balance, self.hop);
+        let failover = self.failover.clone();
+        Arc::new(move |name, rx| {
+            let connector = connector.clone();
+            Arc::new(Target {
+                name: name.to_string(),
+                balancer: Balancer::new(rx, balance, move |ep| {
+                    EndpointService::new(ep, &connector, hop)
+                }),
+                split: None,
+                failover: failover.clone(),
+            })
         })
     }
 }
