@@ -9,6 +9,7 @@ mod check;
 mod cli;
 mod error;
 mod export;
+mod failover;
 mod gateways;
 #[cfg(test)]
 mod golden;
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, DEFAULT_MULTICLUSTER_NAMESPACE};
+use crate::cli::{Cli, Command, DEFAULT_MULTICLUSTER_NAMESPACE, FailoverCommand};
 use crate::error::CliError;
 
 /// Field manager for everything the CLI server-side applies.
@@ -85,6 +86,7 @@ async fn run_simple(cli: &Cli) -> Result<String, CliError> {
         Command::Link(args) => link::run(global, args).await,
         Command::Unlink(args) => unlink::run(global, args).await,
         Command::Gateways => gateways::run(global).await,
+        Command::Failover(FailoverCommand::Status) => failover::run(global).await,
         // Handled by `run`, which keeps the report when a check fails.
         Command::Check(_) => Ok(String::new()),
         Command::Install(args) => install::run(args, global.output),
