@@ -45,6 +45,10 @@ pub const ENDPOINT_IDENTITY: &str = "identity.meshlink.io/spiffe-id";
 /// Annotation on a mirror Service: the remote Service's resourceVersion last mirrored.
 pub const REMOTE_RESOURCE_VERSION: &str = "mirror.meshlink.io/remote-resource-version";
 
+/// Annotation on a Service or Namespace overriding the cost tiers discovery
+/// gives its endpoints: `same-zone=0,same-cluster=1,other-cluster=2` (any subset).
+pub const BALANCER_TIERS: &str = "balancer.meshlink.io/tiers";
+
 /// Standard EndpointSlice label naming the Service a slice belongs to.
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 

@@ -32,6 +32,15 @@ struct Args {
     /// The admin server (/ready, /live, /metrics).
     #[arg(long, env = "MESHLINK_ADMIN_ADDR", default_value = "0.0.0.0:9990")]
     admin_addr: SocketAddr,
+    /// The ConfigMap (`namespace/name`) of zone-pair costs, watched so changes
+    /// apply at run time; absent means default tiers.
+    #[arg(
+        long,
+        env = "MESHLINK_ZONE_COSTS_CONFIGMAP",
+        default_value = "meshlink/meshlink-zone-costs",
+        value_parser = parse_configmap_ref
+    )]
+    zone_costs_configmap: (String, String),
     /// A kubeconfig for the cluster; without it, KUBECONFIG or the in-cluster
     /// service account is used.
     #[arg(long, env = "MESHLINK_KUBECONFIG")]
@@ -47,6 +56,16 @@ struct Args {
         default_value = "failover.meshlink.io/controlled-by=meshlink"
     )]
     failover_selector: String,
+}
+
+/// Splits `namespace/name`.
+fn parse_configmap_ref(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{text:?} is not namespace/name")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -91,6 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client.clone(),
         &args.cluster_name,
         &args.cluster_domain,
+        args.zone_costs_configmap,
         registry.sub_registry_with_prefix("discovery"),
     );
     let failover_metrics =

@@ -40,6 +40,9 @@ pub struct GatewayArgs {
     /// Timeouts, limits and the peer policy.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Load balancing over local endpoints.
+    #[command(flatten)]
+    pub balance: proxy::config::BalanceArgs,
 }
 
 impl GatewayArgs {

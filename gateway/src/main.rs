@@ -13,7 +13,7 @@ use gateway::config::GatewayArgs;
 use prometheus_client::registry::Registry;
 use proxy::accept::Stop;
 use proxy::admin::{self, AdminState};
-use proxy::balance::BalanceConfig;
+use proxy::balance::metrics::TierMetrics;
 use proxy::forward::connect::Connector;
 use proxy::metrics::Metrics;
 use proxy::route::Router;
@@ -44,12 +44,14 @@ async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         registry.sub_registry_with_prefix("gateway"),
     ));
     let connector = Connector::new(connect_timeout, Some(creds.configs.clone()));
-    let router = Arc::new(Router::new(
-        discovery,
-        connector,
-        BalanceConfig::default(),
-        FORWARD_HOP,
-    ));
+    let tier_metrics = TierMetrics::register(
+        registry.sub_registry_with_prefix("gateway"),
+        &args.discovery.zone,
+    );
+    let router = Arc::new(
+        Router::new(discovery, connector, args.balance.config()?, FORWARD_HOP)
+            .with_tier_metrics(Arc::new(tier_metrics)),
+    );
     let gateway = Gateway::new(config, creds.configs.clone(), router, metrics);
 
     let listener = TcpListener::bind(args.addr)

@@ -87,6 +87,9 @@ pub enum Command {
     /// Failover TrafficSplits (`failover status`).
     #[command(subcommand)]
     Failover(FailoverCommand),
+    /// Live views read from proxies' and gateways' metrics endpoints.
+    #[command(subcommand)]
+    Top(TopCommand),
     /// Print the control-plane and multicluster manifests (the charts in
     /// charts/, rendered with the same values) for `kubectl apply -f -`, into
     /// namespaces meshlink and meshlink-multicluster. Contacts no cluster.
@@ -102,6 +105,28 @@ pub enum FailoverCommand {
     /// in every namespace, or in -n's: its chain, the active tier and its
     /// backends, and the last shift.
     Status,
+}
+
+/// `meshlink top`.
+#[derive(Subcommand, Debug)]
+pub enum TopCommand {
+    /// Where balanced traffic goes: requests per (source zone, destination
+    /// zone), each pair's share of its source zone, and the cross-zone share.
+    Zones(TopZonesArgs),
+}
+
+/// `meshlink top zones`.
+#[derive(Args, Debug)]
+pub struct TopZonesArgs {
+    /// A proxy's or gateway's admin metrics endpoint, `host:port[/path]`
+    /// (path /metrics by default); repeatable, comma-separated.
+    #[arg(
+        long = "metrics",
+        required = true,
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub metrics: Vec<String>,
 }
 
 /// `meshlink export`.

@@ -131,6 +131,7 @@ struct Controller {
     replicas: i64,
     discovery_port: u16,
     admin_port: u16,
+    zone_costs_config_map: String,
     resources: Value,
     pod_disruption_budget: Pdb,
     node_selector: Value,
@@ -372,6 +373,10 @@ fn control_plane(v: &ControlPlane) -> Vec<Value> {
         format!("--cluster-domain={}", v.common.cluster_domain),
         format!("--discovery-addr=0.0.0.0:{}", c.discovery_port),
         format!("--admin-addr=0.0.0.0:{}", c.admin_port),
+        format!(
+            "--zone-costs-configmap={}/{}",
+            ctx.namespace, c.zone_costs_config_map
+        ),
     ];
     let mut container = ctx.container("controller", args, &c.resources);
     container["ports"] = json!([port("grpc", c.discovery_port), port("admin", c.admin_port)]);
@@ -383,7 +388,7 @@ fn control_plane(v: &ControlPlane) -> Vec<Value> {
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta,
             "rules": [
-                rule("", "services", &["get", "list", "watch"]),
+                {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": ["get", "list", "watch"]},
                 rule("discovery.k8s.io", "endpointslices", &["get", "list", "watch"]),
                 rule("split.smi-spec.io", "trafficsplits", &["get", "list", "watch", "patch"]),
                 rule("events.k8s.io", "events", &["create", "patch"]),
@@ -395,6 +400,18 @@ fn control_plane(v: &ControlPlane) -> Vec<Value> {
             cluster_meta.clone(),
             name,
             CONTROL_PLANE_NAMESPACE,
+        ),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": ctx.meta(name, &labels),
+            "rules": [rule("", "configmaps", &["get", "list", "watch"])],
+        }),
+        role_binding(
+            "RoleBinding",
+            name,
+            ctx.meta(name, &labels),
+            name,
+            ctx.namespace,
         ),
         json!({
             "apiVersion": "v1", "kind": "Service", "metadata": ctx.meta(name, &labels),

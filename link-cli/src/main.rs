@@ -19,6 +19,7 @@ mod output;
 mod rbac;
 mod render;
 mod target;
+mod top;
 mod unlink;
 
 use std::io::Write as _;
@@ -87,6 +88,9 @@ async fn run_simple(cli: &Cli) -> Result<String, CliError> {
         Command::Unlink(args) => unlink::run(global, args).await,
         Command::Gateways => gateways::run(global).await,
         Command::Failover(FailoverCommand::Status) => failover::run(global).await,
+        Command::Top(cli::TopCommand::Zones(args)) => {
+            top::zones(&args.metrics, global.output).await
+        }
         // Handled by `run`, which keeps the report when a check fails.
         Command::Check(_) => Ok(String::new()),
         Command::Install(args) => install::run(args, global.output),

@@ -34,6 +34,9 @@
 //!   component a real process in its own pod, shared by the end-to-end test and
 //!   the demo; [`traffic`] has the HTTP and opaque TCP clients both use.
 //!
+//! - [`zonelab`]: endpoints in every zone of one cluster with run-time latency
+//!   injection, its controller and client proxies per zone, for cost-tier tests.
+//!
 //! Everything a harness creates is removed when it is dropped, when a test panics
 //! (unwinding drops it) and on SIGINT/SIGTERM. Tests must run as root. See
 //! `docs/testing.md` for the topology, address plan and measurements.
@@ -53,6 +56,7 @@ mod process;
 mod publish;
 pub mod scenario;
 pub mod traffic;
+pub mod zonelab;
 
 pub use binaries::{Binaries, meshlink_binary};
 pub use cluster::Cluster;

@@ -35,7 +35,9 @@ struct Server {
 impl Server {
     async fn start(client: Client, addr: SocketAddr) -> Result<Self> {
         let mut registry = prometheus_client::registry::Registry::default();
-        let discovery = DiscoveryServer::start(client, "west", "cluster.local", &mut registry);
+        let costs = ("meshlink".to_string(), "meshlink-zone-costs".to_string());
+        let discovery =
+            DiscoveryServer::start(client, "west", "cluster.local", costs, &mut registry);
         let mut ready = discovery.ready();
         tokio::time::timeout(DEADLINE, ready.wait_for(|r| *r))
             .await

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+mod balance;
+pub use balance::BalanceArgs;
+
 use crate::Error;
 use crate::accept::AcceptConfig;
 use crate::detect::DetectConfig;
@@ -247,6 +250,9 @@ pub struct RunArgs {
         action = clap::ArgAction::Set
     )]
     pub failover_fast_path: bool,
+    /// Load balancing.
+    #[command(flatten)]
+    pub balance: BalanceArgs,
 }
 
 /// `proxy run`, parsed and validated.
@@ -260,6 +266,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Whether the failover fast path is on.
     pub failover_fast_path: bool,
+    /// Load balancing.
+    pub balance: crate::balance::BalanceConfig,
 }
 
 impl RunArgs {
@@ -277,6 +285,7 @@ impl RunArgs {
             tls: _,
             limits,
             failover_fast_path,
+            balance,
         } = self;
         let addrs = [outbound_addr, inbound_addr, admin_addr];
         let ports: HashSet<_> = addrs.iter().map(|a| a.port()).collect();
@@ -324,6 +333,7 @@ impl RunArgs {
             },
             connect_timeout,
             failover_fast_path: *failover_fast_path,
+            balance: balance.config()?,
         })
     }
 }

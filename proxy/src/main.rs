@@ -12,7 +12,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use proxy::accept::Stop;
 use proxy::admin::{self, AdminState};
-use proxy::balance::BalanceConfig;
+use proxy::balance::metrics::TierMetrics;
 use proxy::config::{Cli, Command, InitArgs, RunArgs};
 use proxy::forward::connect::Connector;
 use proxy::inbound::Inbound;
@@ -61,8 +61,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry.sub_registry_with_prefix("proxy"),
     ));
     let connector = Connector::new(config.connect_timeout, Some(creds.configs.clone()));
+    let tier_metrics = TierMetrics::register(
+        registry.sub_registry_with_prefix("proxy"),
+        &args.discovery.zone,
+    );
     let router = Arc::new(
-        Router::new(discovery, connector, BalanceConfig::default(), 1)
+        Router::new(discovery, connector, config.balance, 1)
+            .with_tier_metrics(Arc::new(tier_metrics))
             .with_failover(Failover::new(config.failover_fast_path)),
     );
     let inbound = Inbound::new(

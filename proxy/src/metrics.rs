@@ -308,10 +308,11 @@ impl Metrics {
 
 /// Caps the distinct values of a label.
 #[derive(Debug, Default)]
-struct NameCap(Mutex<HashSet<String>>);
+pub(crate) struct NameCap(Mutex<HashSet<String>>);
 
 impl NameCap {
-    fn label(&self, name: &str) -> String {
+    /// `name`, or `other` once [`MAX_NAMES`] distinct names have been seen.
+    pub(crate) fn label(&self, name: &str) -> String {
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(name) {
             return name.to_string();

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::Error;
+use crate::balance::metrics::TierMetrics;
 use crate::balance::{BalanceConfig, Balancer};
 use crate::discovery::{Discovery, Endpoint};
 use crate::forward::connect::Connector;
@@ -51,6 +52,7 @@ pub struct Router {
     hop: u8,
     failover: Arc<Failover>,
     cache: Mutex<HashMap<String, Arc<Target>>>,
+    tier_metrics: Option<Arc<TierMetrics>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -74,12 +76,19 @@ impl Router {
             hop,
             failover: Arc::default(),
             cache: Mutex::new(HashMap::new()),
+            tier_metrics: None,
         }
     }
 
     /// Sets the failover fast path (on by default).
     pub fn with_failover(mut self, failover: Failover) -> Self {
         self.failover = Arc::new(failover);
+        self
+    }
+
+    /// Counts the picks of resolved targets' balancers in `metrics`.
+    pub fn with_tier_metrics(mut self, metrics: Arc<TierMetrics>) -> Self {
+        self.tier_metrics = Some(metrics);
         self
     }
 
@@ -104,6 +113,10 @@ impl Router {
                 self.builder(),
                 self.failover.clone(),
             ));
+        }
+        // Only discovered targets are counted, not fixed ones; the Arc is new.
+        if let (Some(m), Some(t)) = (&self.tier_metrics, Arc::get_mut(&mut target)) {
+            t.balancer.observe(m.clone(), name);
         }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() < MAX_CACHED {

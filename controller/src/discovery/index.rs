@@ -13,17 +13,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use api::discovery::{Endpoint, ProtocolHint};
-use api::labels::{CLUSTER_NAME, ENDPOINT_IDENTITY, REMOTE_SVC_FQ_NAME, SERVICE_NAME};
+use api::labels::{
+    BALANCER_TIERS, CLUSTER_NAME, ENDPOINT_IDENTITY, REMOTE_SVC_FQ_NAME, SERVICE_NAME,
+};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
 
 use super::target::Target;
-
-/// Cost tiers, relative to the subscriber.
-const TIER_SAME_ZONE: u32 = 0;
-const TIER_SAME_CLUSTER: u32 = 1;
-const TIER_OTHER_CLUSTER: u32 = 2;
+use super::tiers::{self, Locality, TierOverrides, ZoneCosts};
 
 /// A namespaced name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +56,8 @@ struct ServiceInfo {
     ports: HashMap<u16, String>,
     /// Set for mirror Services: the source cluster and the remote Service's name.
     mirror: Option<(String, String)>,
+    /// Tier overrides from the Service's annotation.
+    tiers: Option<TierOverrides>,
 }
 
 /// The parts of an EndpointSlice discovery needs.
@@ -79,6 +79,9 @@ pub struct Index {
     slices: HashMap<ServiceKey, HashMap<String, SliceInfo>>,
     cluster_ips: HashMap<IpAddr, ServiceKey>,
     subscriptions: HashMap<ServiceKey, HashMap<Subscription, watch::Sender<Arc<Destination>>>>,
+    /// Tier overrides from Namespace annotations.
+    namespace_tiers: HashMap<String, TierOverrides>,
+    zone_costs: ZoneCosts,
 }
 
 impl Index {
@@ -91,6 +94,8 @@ impl Index {
             slices: HashMap::new(),
             cluster_ips: HashMap::new(),
             subscriptions: HashMap::new(),
+            namespace_tiers: HashMap::new(),
+            zone_costs: ZoneCosts::default(),
         }
     }
 
@@ -269,6 +274,7 @@ impl Index {
             };
             for (ip, zone) in &slice.endpoints {
                 let ep = self.endpoint(
+                    key,
                     svc,
                     slice,
                     sub,
@@ -282,8 +288,10 @@ impl Index {
         Destination::Endpoints(endpoints)
     }
 
+    #[allow(clippy::too_many_arguments)] // one endpoint's inputs, each used once
     fn endpoint(
         &self,
+        key: &ServiceKey,
         svc: &ServiceInfo,
         slice: &SliceInfo,
         sub: &Subscription,
@@ -292,17 +300,25 @@ impl Index {
         hint: ProtocolHint,
     ) -> Endpoint {
         let zone = zone.clone().unwrap_or_default();
-        let (cluster, tier, remote_authority) = match &svc.mirror {
+        let (cluster, locality, remote_authority) = match &svc.mirror {
             Some((cluster, remote)) => (
                 cluster.clone(),
-                TIER_OTHER_CLUSTER,
+                Locality::OtherCluster,
                 format!("{remote}:{}", sub.port),
             ),
             None if !zone.is_empty() && zone == sub.zone => {
-                (self.cluster.clone(), TIER_SAME_ZONE, String::new())
+                (self.cluster.clone(), Locality::SameZone, String::new())
             }
-            None => (self.cluster.clone(), TIER_SAME_CLUSTER, String::new()),
+            None => (self.cluster.clone(), Locality::SameCluster, String::new()),
         };
+        let tier = tiers::tier(
+            locality,
+            &sub.zone,
+            &zone,
+            svc.tiers.as_ref(),
+            self.namespace_tiers.get(&key.namespace),
+            &self.zone_costs,
+        );
         Endpoint {
             address: addr.to_string(),
             weight: 1,
@@ -359,6 +375,7 @@ fn service_info(svc: &Service) -> ServiceInfo {
         cluster_ips,
         ports,
         mirror,
+        tiers: costs::overrides(&svc.metadata),
     }
 }
 
@@ -410,5 +427,6 @@ fn hint(app_protocol: Option<&str>) -> ProtocolHint {
     }
 }
 
+mod costs;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
@@ -100,6 +100,40 @@ pub async fn watch_slices(
     run(Api::all(client), index, metrics, ready, handlers).await;
 }
 
+/// Keeps the index's Namespace tier annotations in step with the cluster.
+pub async fn watch_namespaces(
+    client: Client,
+    index: SharedIndex,
+    metrics: Metrics,
+    ready: watch::Sender<bool>,
+) {
+    let handlers = Handlers::<Namespace> {
+        apply: Index::apply_namespace,
+        delete: Index::delete_namespace,
+        reset: Index::reset_namespaces,
+    };
+    run(Api::all(client), index, metrics, ready, handlers).await;
+}
+
+/// Keeps the index's zone-pair costs in step with the ConfigMap `name` in
+/// `namespace` (watched alone, by a field selector).
+pub async fn watch_zone_costs(
+    client: Client,
+    (namespace, name): (String, String),
+    index: SharedIndex,
+    metrics: Metrics,
+    ready: watch::Sender<bool>,
+) {
+    let handlers = Handlers::<ConfigMap> {
+        apply: Index::apply_zone_costs,
+        delete: Index::delete_zone_costs,
+        reset: Index::reset_zone_costs,
+    };
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let api = Api::namespaced(client, &namespace);
+    run_with(api, config, index, metrics, ready, handlers).await;
+}
+
 /// How one resource kind changes the index.
 struct Handlers<K> {
     apply: fn(&mut Index, &K),
@@ -116,8 +150,21 @@ async fn run<K>(
 ) where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
 {
+    run_with(api, watcher::Config::default(), index, metrics, ready, h).await;
+}
+
+async fn run_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    index: SharedIndex,
+    metrics: Metrics,
+    ready: watch::Sender<bool>,
+    h: Handlers<K>,
+) where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
+{
     let kind = K::kind(&()).into_owned();
-    let mut events = Box::pin(watcher(api, watcher::Config::default()).default_backoff());
+    let mut events = Box::pin(watcher(api, config).default_backoff());
     // Objects listed since the last restart, applied at once when the list ends
     // so that subscribers never see a half-listed cluster.
     let mut listing = Vec::new();

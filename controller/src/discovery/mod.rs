@@ -8,6 +8,7 @@ pub mod index;
 pub mod k8s;
 pub mod routes;
 pub mod target;
+pub mod tiers;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -29,12 +30,14 @@ pub struct Discovery {
 
 impl Discovery {
     /// Starts the cluster's watches (one per resource kind) feeding a new index
-    /// for cluster `cluster` with DNS domain `domain`. Must be called within a
+    /// for cluster `cluster` with DNS domain `domain`, with zone-pair costs from
+    /// the ConfigMap `zone_costs` (namespace, name). Must be called within a
     /// Tokio runtime; the watches run until the runtime stops.
     pub fn start(
         client: kube::Client,
         cluster: &str,
         domain: &str,
+        zone_costs: (String, String),
         registry: &mut Registry,
     ) -> Self {
         let index = SharedIndex::new(Index::new(cluster, domain));
@@ -52,7 +55,9 @@ impl Discovery {
             split_restarts,
         ));
         let (services_tx, services_ready) = watch::channel(false);
-        let (slices_tx, mut slices_ready) = watch::channel(false);
+        let (slices_tx, slices_ready) = watch::channel(false);
+        let (namespaces_tx, namespaces_ready) = watch::channel(false);
+        let (costs_tx, costs_ready) = watch::channel(false);
         tokio::spawn(k8s::watch_services(
             client.clone(),
             index.clone(),
@@ -60,22 +65,34 @@ impl Discovery {
             services_tx,
         ));
         tokio::spawn(k8s::watch_slices(
+            client.clone(),
+            index.clone(),
+            watch_metrics.clone(),
+            slices_tx,
+        ));
+        tokio::spawn(k8s::watch_namespaces(
+            client.clone(),
+            index.clone(),
+            watch_metrics.clone(),
+            namespaces_tx,
+        ));
+        tokio::spawn(k8s::watch_zone_costs(
             client,
+            zone_costs,
             index.clone(),
             watch_metrics,
-            slices_tx,
+            costs_tx,
         ));
 
         let (ready_tx, ready) = watch::channel(false);
-        let mut services_ready = services_ready;
+        let watches = [services_ready, slices_ready, namespaces_ready, costs_ready];
         tokio::spawn(async move {
-            let both = async {
-                services_ready.wait_for(|r| *r).await.ok()?;
-                slices_ready.wait_for(|r| *r).await.ok()
-            };
-            if both.await.is_some() {
-                ready_tx.send_replace(true);
+            for mut watch in watches {
+                if watch.wait_for(|r| *r).await.is_err() {
+                    return;
+                }
             }
+            ready_tx.send_replace(true);
         });
         Self {
             index,

@@ -8,9 +8,13 @@
 //! line gets HTTP/1.1 answers (keep-alive, body `NAME METHOD PATH`); any other
 //! first line gets the `serve` behaviour (`NAME\n`, then the line and everything
 //! after it echoed), so an opaque TCP client can check whom it reached.
+//! `harness-echo slow-http PORT NAME DELAY_FILE`: `http`, but each HTTP answer
+//! waits the milliseconds written in DELAY_FILE (read per request, absent = 0):
+//! the cost-tier tests' user-space latency injection, changed while it runs.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -24,11 +28,16 @@ fn main() -> anyhow::Result<()> {
         .as_slice()
     {
         ["serve", port, name] => serve(port.parse().context("PORT")?, name),
-        ["http", port, name] => serve_http(port.parse().context("PORT")?, name),
+        ["http", port, name] => serve_http(port.parse().context("PORT")?, name, None),
+        ["slow-http", port, name, file] => serve_http(
+            port.parse().context("PORT")?,
+            name,
+            Some(PathBuf::from(file)),
+        ),
         ["probe", addr] => probe(addr.parse().context("HOST:PORT")?, 2000),
         ["probe", addr, ms] => probe(addr.parse().context("HOST:PORT")?, ms.parse()?),
         _ => bail!(
-            "usage: harness-echo serve PORT NAME | http PORT NAME | probe HOST:PORT [TIMEOUT_MS]"
+            "usage: harness-echo serve PORT NAME | http PORT NAME | slow-http PORT NAME DELAY_FILE | probe HOST:PORT [TIMEOUT_MS]"
         ),
     }
 }
@@ -49,20 +58,21 @@ fn serve(port: u16, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve_http(port: u16, name: &str) -> anyhow::Result<()> {
+fn serve_http(port: u16, name: &str, delay: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port)).context("binding")?;
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let name = name.to_owned();
+        let delay = delay.clone();
         std::thread::spawn(move || {
-            let _ = http_or_echo(conn, &name);
+            let _ = http_or_echo(conn, &name, delay.as_deref());
         });
     }
     Ok(())
 }
 
 /// Answers HTTP/1 requests until the client closes, or echoes a non-HTTP stream.
-fn http_or_echo(conn: TcpStream, name: &str) -> std::io::Result<()> {
+fn http_or_echo(conn: TcpStream, name: &str, delay: Option<&Path>) -> std::io::Result<()> {
     conn.set_nodelay(true)?;
     let mut out = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
@@ -82,6 +92,9 @@ fn http_or_echo(conn: TcpStream, name: &str) -> std::io::Result<()> {
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let body = format!("{name} {method} {path}\n");
         skip_headers_and_body(&mut reader)?;
+        if let Some(file) = delay {
+            std::thread::sleep(read_delay(file));
+        }
         // One write per answer: with Nagle, a second small write would wait for
         // the peer's delayed ACK (tens of milliseconds).
         let answer = format!(
@@ -94,6 +107,12 @@ fn http_or_echo(conn: TcpStream, name: &str) -> std::io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// The delay written in `file` as milliseconds; none if absent or not a number.
+fn read_delay(file: &Path) -> Duration {
+    let ms = std::fs::read_to_string(file).ok();
+    Duration::from_millis(ms.and_then(|s| s.trim().parse().ok()).unwrap_or(0))
 }
 
 /// Reads a request's header lines and discards its `content-length` body.

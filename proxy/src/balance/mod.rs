@@ -3,8 +3,11 @@
 //! [`ewma`]), divided by its weight. The set follows a discovery `watch`: slots for
 //! endpoints that stay keep their load estimate and connection pools; new ones
 //! start fresh; removed ones stop being picked (requests in flight finish).
+//! Which endpoints P2C draws from is decided by cost tier ([`tiered`]).
 
 pub mod ewma;
+pub mod metrics;
+pub mod tiered;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +18,8 @@ use tokio::time::Instant;
 
 use crate::discovery::{Endpoint, EndpointSet};
 use ewma::PeakEwma;
+use metrics::TierMetrics;
+use tiered::{Reach, TierConfig};
 
 /// How long a fresh endpoint is assumed to take, and how fast estimates decay.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +28,8 @@ pub struct BalanceConfig {
     pub default_rtt: Duration,
     /// The EWMA decay time constant.
     pub decay: Duration,
+    /// Cost tiers.
+    pub tiers: TierConfig,
 }
 
 impl Default for BalanceConfig {
@@ -30,6 +37,7 @@ impl Default for BalanceConfig {
         Self {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
+            tiers: TierConfig::default(),
         }
     }
 }
@@ -51,11 +59,15 @@ pub struct Balancer<T> {
     config: BalanceConfig,
     make: MakeService<T>,
     state: Mutex<State<T>>,
+    /// Where picks are counted, with the target's label.
+    metrics: Option<(Arc<TierMetrics>, String)>,
 }
 
 struct State<T> {
     rx: watch::Receiver<EndpointSet>,
+    /// Sorted by tier, cheapest first.
     slots: Vec<Arc<Slot<T>>>,
+    reach: Reach,
 }
 
 impl<T> std::fmt::Debug for Balancer<T> {
@@ -79,7 +91,9 @@ impl<T> Balancer<T> {
             state: Mutex::new(State {
                 rx,
                 slots: Vec::new(),
+                reach: Reach::default(),
             }),
+            metrics: None,
         };
         {
             let mut state = this.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -93,12 +107,37 @@ impl<T> Balancer<T> {
     pub fn pick(&self) -> Option<Pick<T>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh(&mut state, false);
-        let slot = p2c(&state.slots, Instant::now(), &mut rand::rng())?;
+        let State { slots, reach, .. } = &mut *state;
+        let slot = tiered::choose(
+            slots,
+            reach,
+            &self.config.tiers,
+            Instant::now(),
+            &mut rand::rng(),
+        )?;
+        if let Some((metrics, target)) = &self.metrics {
+            metrics.picked(target, &slot.endpoint, reach.active_tiers(), reach.load());
+        }
         slot.load.start();
         Some(Pick {
             slot,
             start: Instant::now(),
         })
+    }
+
+    /// Counts this balancer's picks in `metrics` under target `target`.
+    pub fn observe(&mut self, metrics: Arc<TierMetrics>, target: &str) {
+        let label = metrics.target_label(target);
+        self.metrics = Some((metrics, label));
+    }
+
+    /// How many tiers picks currently draw from (a partly phased-in one counts).
+    pub fn active_tiers(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reach
+            .active_tiers()
     }
 
     /// The endpoints currently balanced over.
@@ -126,6 +165,7 @@ impl<T> Balancer<T> {
                 }),
             })
             .collect();
+        state.slots.sort_by_key(|s| s.endpoint.tier);
     }
 }
 

@@ -282,3 +282,5 @@ fn subscribers_share_a_channel_and_dropped_channels_are_forgotten() {
     ));
     assert_eq!(index.channels(), 0);
 }
+
+mod costs;

@@ -1,0 +1,180 @@
+//! Cost-tiered, zone-aware balancing on a real apiserver (issue 8): a cluster
+//! with three zones, endpoints in each, latency injected in user space, and a
+//! client proxy per zone subscribing from its zone through the controller.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use multicluster_tests::zonelab::{ClientProxy, ZoneLab, ZoneStats, load};
+use multicluster_tests::{Harness, meshlink_binary};
+use tokio::time::Instant;
+
+const ZONES: [&str; 3] = ["west-a", "west-b", "west-c"];
+const WORKERS: usize = 2;
+const PAUSE: Duration = Duration::from_millis(2);
+const SLOWDOWN: Duration = Duration::from_millis(40);
+const CONVERGE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn traffic_stays_in_the_cheapest_zone_that_can_take_it() -> Result<()> {
+    multicluster_tests::init_tracing();
+    let harness = Harness::builder()
+        .cluster_with_zones("west", ZONES)
+        .without_controller_manager()
+        .start()
+        .await?;
+    let lab = ZoneLab::start(harness.cluster("west"), harness.dir(), 2).await?;
+    let mut tiered = Vec::new();
+    let mut plain = Vec::new();
+    for zone in ZONES {
+        tiered.push(lab.client(zone, &[]).await?);
+        plain.push(lab.client(zone, &["--balance-policy", "all"]).await?);
+    }
+    let tiered: Vec<&ClientProxy> = tiered.iter().collect();
+    let plain: Vec<&ClientProxy> = plain.iter().collect();
+    let t = Instant::now();
+
+    even_load_stays_in_zone(&tiered).await?;
+    eprintln!("[{:?}] even load stayed in-zone", t.elapsed());
+    a_slow_zone_widens_and_comes_back(&lab, &tiered, &plain).await?;
+    eprintln!("[{:?}] slowed zone widened and came back", t.elapsed());
+    an_empty_zone_uses_the_next_tier_without_errors(&lab, &tiered).await?;
+    eprintln!("[{:?}] empty zone used the next tier", t.elapsed());
+    zone_costs_apply_at_run_time(&lab, &tiered).await?;
+    eprintln!("[{:?}] zone costs followed", t.elapsed());
+    Ok(())
+}
+
+/// Even load, every zone healthy: under 1% of requests leave their zone, as
+/// the clients count and as `meshlink top zones` reads the proxies' metrics.
+async fn even_load_stays_in_zone(tiered: &[&ClientProxy]) -> Result<()> {
+    let stats = load(tiered, WORKERS, PAUSE, Duration::from_secs(8)).await;
+    for s in &stats {
+        eprintln!("even: {}", summary(s));
+        ensure!(s.answered() > 500, "too few answers: {}", summary(s));
+        ensure!(s.errors == 0, "errors: {}", summary(s));
+        ensure!(s.cross_zone() < 0.01, "left the zone: {}", summary(s));
+    }
+    let urls: Vec<String> = tiered.iter().map(|c| c.admin.to_string()).collect();
+    let out = std::process::Command::new(meshlink_binary("meshlink")?)
+        .args(["top", "zones", "--metrics", &urls.join(",")])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    ensure!(out.status.success(), "top zones failed: {out:?}");
+    let share = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cross-zone: "))
+        .and_then(|l| l.split('%').next())
+        .and_then(|p| p.parse::<f64>().ok());
+    ensure!(matches!(share, Some(p) if p < 1.0), "top zones: {text}");
+    Ok(())
+}
+
+/// Zone a's endpoints slowed: its tiered client widens to the other zones with
+/// a p99 within 1.5× of P2C over every endpoint (the `all` policy, under the
+/// same slowdown at the same time); when the slowdown ends it returns in-zone.
+async fn a_slow_zone_widens_and_comes_back(
+    lab: &ZoneLab<'_>,
+    tiered: &[&ClientProxy],
+    plain: &[&ClientProxy],
+) -> Result<()> {
+    lab.slow_zone(ZONES[0], SLOWDOWN)?;
+    let both = [tiered[0], plain[0]];
+    let stats = load(&both, WORKERS, PAUSE, Duration::from_secs(8)).await;
+    let (t, p) = (&stats[0], &stats[1]);
+    eprintln!("slow, tiered: {}\nslow, all: {}", summary(t), summary(p));
+    ensure!(t.errors == 0, "errors: {}", summary(t));
+    ensure!(t.cross_zone() > 0.5, "did not widen: {}", summary(t));
+    let (tp99, pp99) = (t.quantile(0.99), p.quantile(0.99));
+    ensure!(
+        tp99.as_secs_f64() <= 1.5 * pp99.as_secs_f64(),
+        "tiered p99 {tp99:?} vs P2C over all {pp99:?}"
+    );
+
+    lab.slow_zone(ZONES[0], Duration::ZERO)?;
+    until_window(tiered[0], "back in-zone", |s| s.cross_zone() < 0.01).await
+}
+
+/// Zone c's endpoints unpublished while its client sends: no errors, and its
+/// requests go to the other zones.
+async fn an_empty_zone_uses_the_next_tier_without_errors(
+    lab: &ZoneLab<'_>,
+    tiered: &[&ClientProxy],
+) -> Result<()> {
+    let c = tiered[2];
+    let clients = [c];
+    let sending = load(&clients, WORKERS, PAUSE, Duration::from_secs(4));
+    let unpublish = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lab.publish(&ZONES[..2]).await
+    };
+    let (during, published) = tokio::join!(sending, unpublish);
+    published?;
+    eprintln!("zone c emptied, during: {}", summary(&during[0]));
+    ensure!(during[0].errors == 0, "errors: {}", summary(&during[0]));
+    let after = load(&[c], WORKERS, PAUSE, Duration::from_secs(2)).await;
+    eprintln!("zone c emptied, after: {}", summary(&after[0]));
+    ensure!(after[0].errors == 0, "errors: {}", summary(&after[0]));
+    ensure!(
+        after[0].cross_zone() == 1.0,
+        "zone c still answered: {}",
+        summary(&after[0])
+    );
+    lab.publish(&ZONES).await?;
+    until_window(c, "zone c back in-zone", |s| s.cross_zone() < 0.01).await
+}
+
+/// Zone-pair costs changed in the ConfigMap while clients run: zone a's own
+/// endpoints made dear sends its traffic away, a cheap a→b pair shares it with
+/// b, deleting the ConfigMap brings it home. No restarts.
+async fn zone_costs_apply_at_run_time(lab: &ZoneLab<'_>, tiered: &[&ClientProxy]) -> Result<()> {
+    let a = tiered[0];
+    lab.set_zone_costs(Some("west-a west-a 5\n")).await?;
+    until_window(a, "zone a avoided", |s| s.cross_zone() > 0.99).await?;
+    lab.set_zone_costs(Some("west-a west-b 0\n")).await?;
+    until_window(a, "zone a shared with b only", |s| {
+        let c = s.served_by.get("west-c").copied().unwrap_or(0);
+        (0.2..0.8).contains(&s.cross_zone()) && c == 0
+    })
+    .await?;
+    lab.set_zone_costs(None).await?;
+    until_window(a, "zone a back in-zone", |s| s.cross_zone() < 0.01).await
+}
+
+/// Polls one-second windows of load on `client` until one satisfies `ok`
+/// (with no errors), failing after [`CONVERGE`].
+async fn until_window(
+    client: &ClientProxy,
+    what: &str,
+    ok: impl Fn(&ZoneStats) -> bool,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let stats = load(&[client], WORKERS, PAUSE, Duration::from_secs(1)).await;
+        let s = &stats[0];
+        ensure!(s.errors == 0, "{what}: errors: {}", summary(s));
+        if ok(s) {
+            eprintln!("{what} after {:?}: {}", started.elapsed(), summary(s));
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < CONVERGE,
+            "{what}: not within {CONVERGE:?}: {}",
+            summary(s)
+        );
+    }
+}
+
+fn summary(s: &ZoneStats) -> String {
+    format!(
+        "{}: {} answers {:?}, {} errors, cross-zone {:.2}%, p50 {:?}, p99 {:?}",
+        s.zone,
+        s.answered(),
+        s.served_by,
+        s.errors,
+        100.0 * s.cross_zone(),
+        s.quantile(0.5),
+        s.quantile(0.99)
+    )
+}
