@@ -111,7 +111,7 @@ impl Bed {
         let pki = Pki::new(&harness.dir().join("failover-certs"))?;
         let sidecar = start_sidecar(west, &zone, &pki, discovery, config.fast_path).await?;
         let apps = Arc::new(apps);
-        let probe = tokio::spawn(probe_backends(west.client(), apps.clone()));
+        let probe = spawn_readiness(west.client(), NAMESPACE, apps.clone());
         let bed = Self {
             client: west.client(),
             controller,
@@ -203,7 +203,8 @@ impl Bed {
     }
 }
 
-fn spawn_app(pod: &Pod, name: &str) -> Result<u32> {
+/// Runs `harness-echo http` on [`PORT`] in `pod`, answering with `name`.
+pub fn spawn_app(pod: &Pod, name: &str) -> Result<u32> {
     pod.spawn(
         meshlink_binary("harness-echo")?,
         ["http", &PORT.to_string(), name],
@@ -231,23 +232,41 @@ pub async fn install_crd(c: &Cluster) -> Result<()> {
 }
 
 async fn apply_split(c: &Cluster, config: &BedConfig) -> Result<()> {
-    let backends: Vec<_> = config
-        .weights
+    write_split(
+        c.client(),
+        NAMESPACE,
+        ROOT,
+        &config.weights,
+        &config.annotations,
+    )
+    .await
+}
+
+/// Server-side applies a managed TrafficSplit named after its root Service
+/// `root` in `ns`, as a user would write it.
+pub async fn write_split(
+    client: kube::Client,
+    ns: &str,
+    root: &str,
+    weights: &[(String, u32)],
+    annotations: &BTreeMap<String, String>,
+) -> Result<()> {
+    let backends: Vec<_> = weights
         .iter()
         .map(|(s, w)| json!({"service": s, "weight": w}))
         .collect();
     let split = json!({
         "apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
         "metadata": {
-            "name": ROOT, "namespace": NAMESPACE,
+            "name": root, "namespace": ns,
             "labels": {api::split::CONTROLLED_BY: "meshlink"},
-            "annotations": config.annotations,
+            "annotations": annotations,
         },
-        "spec": {"service": ROOT, "backends": backends},
+        "spec": {"service": root, "backends": backends},
     });
-    Api::<TrafficSplit>::namespaced(c.client(), NAMESPACE)
+    Api::<TrafficSplit>::namespaced(client, ns)
         .patch(
-            ROOT,
+            root,
             &PatchParams::apply("user").force(),
             &Patch::Apply(split),
         )
@@ -301,9 +320,20 @@ async fn start_sidecar(
     Ok(pod)
 }
 
-/// The kubelet stand-in: publishes each backend pod as its Service's endpoint
-/// only while it accepts connections.
-async fn probe_backends(client: kube::Client, apps: Arc<BTreeMap<String, Pod>>) {
+/// The kubelet stand-in: every [`PROBE_PERIOD`], publishes each pod of `apps`
+/// (Service name → pod, apps on [`PORT`], already published) as the only
+/// endpoint of its Service in `ns` while it accepts connections, and as none
+/// while it does not. Stops when the handle is aborted.
+pub fn spawn_readiness(
+    client: kube::Client,
+    ns: &str,
+    apps: Arc<BTreeMap<String, Pod>>,
+) -> JoinHandle<()> {
+    let ns = ns.to_owned();
+    tokio::spawn(async move { probe_backends(client, &ns, apps).await })
+}
+
+async fn probe_backends(client: kube::Client, ns: &str, apps: Arc<BTreeMap<String, Pod>>) {
     let mut published: BTreeMap<String, bool> = apps.keys().map(|k| (k.clone(), true)).collect();
     loop {
         for (name, pod) in apps.iter() {
@@ -315,7 +345,7 @@ async fn probe_backends(client: kube::Client, apps: Arc<BTreeMap<String, Pod>>) 
                 continue;
             }
             let pods: Vec<&Pod> = if up { vec![pod] } else { vec![] };
-            match crate::publish::publish(client.clone(), NAMESPACE, name, PORT, &pods).await {
+            match crate::publish::publish(client.clone(), ns, name, PORT, &pods).await {
                 Ok(()) => {
                     tracing::info!(backend = %name, ready = up, "readiness changed");
                     published.insert(name.clone(), up);

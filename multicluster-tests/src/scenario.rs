@@ -159,6 +159,7 @@ pub struct Scenario {
     apps: Vec<Pod>,
     apps_started: usize,
     app_certs: PathBuf,
+    client_certs: PathBuf,
     client: Pod,
 }
 
@@ -185,9 +186,12 @@ impl Scenario {
         step(&format!(
             "west: starting pod client with its sidecar (every outbound connection to {MIRROR_AUTHORITY})"
         ));
+        let client_certs =
+            pki.issue("west", "client", &identity("west", APP_NAMESPACE, "client"))?;
         let mut this = Self {
             app_certs: pki.issue("east", "app", &app_identity())?,
-            client: start_client(west, &pki, sides[1].discovery).await?,
+            client: start_client(west, &client_certs, sides[1].discovery).await?,
+            client_certs,
             sides,
             apps: Vec::new(),
             apps_started: 0,
@@ -266,6 +270,30 @@ impl Scenario {
         let verb = if exported { "export" } else { "unexport" };
         let east = cluster(harness, "east")?;
         meshlink(east, &["-n", APP_NAMESPACE, verb, APP_SERVICE]).await?;
+        Ok(())
+    }
+
+    /// Starts another client sidecar pod `name` in west (identity of the
+    /// scenario's client), sending every connection to `authority`, with `extra`
+    /// `proxy run` arguments. Its outbound listener is [`CLIENT_OUTBOUND_PORT`].
+    pub async fn start_client_to(
+        &self,
+        harness: &Harness,
+        name: &str,
+        authority: &str,
+        extra: &[&str],
+    ) -> Result<Pod> {
+        let west = cluster(harness, "west")?;
+        let discovery = self.discovery_addr("west")?;
+        spawn_client(west, name, &self.client_certs, discovery, authority, extra).await
+    }
+
+    /// Kills every process of `cluster`'s gateway pod (its address stays, so
+    /// connections to it are refused).
+    pub fn kill_gateway(&self, cluster: &str) -> Result<()> {
+        self.sides[self.side_index(cluster)?]
+            .gateway
+            .kill_processes();
         Ok(())
     }
 
@@ -399,14 +427,26 @@ async fn start_app(east: &Cluster, n: usize, certs: &Path, discovery: SocketAddr
 
 /// West's client pod: a sidecar in explicit mode, every outbound connection to
 /// `svc-east`, its outbound listener on the pod address so test code can dial it.
-async fn start_client(west: &Cluster, pki: &Pki, discovery: SocketAddr) -> Result<Pod> {
+async fn start_client(west: &Cluster, certs: &Path, discovery: SocketAddr) -> Result<Pod> {
+    spawn_client(west, "client", certs, discovery, MIRROR_AUTHORITY, &[]).await
+}
+
+/// A client sidecar pod `name` in `west` sending every connection to `authority`.
+async fn spawn_client(
+    west: &Cluster,
+    name: &str,
+    certs: &Path,
+    discovery: SocketAddr,
+    authority: &str,
+    extra: &[&str],
+) -> Result<Pod> {
     let zone = first_zone(west)?;
-    let certs = pki.issue("west", "client", &identity("west", APP_NAMESPACE, "client"))?;
-    let pod = west.create_pod("client", &zone)?;
+    let pod = west.create_pod(name, &zone)?;
     let mut args = sidecar_args(&format!("0.0.0.0:{OUTBOUND_PORT}"), INBOUND_PORT);
-    args.extend(["--outbound-target".into(), MIRROR_AUTHORITY.into()]);
+    args.extend(["--outbound-target".into(), authority.into()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
     args.extend(discovery_args(discovery, &zone));
-    args.extend(tls_args(&certs));
+    args.extend(tls_args(certs));
     pod.spawn(meshlink_binary("proxy")?, &args)?;
     wait_ready(&pod, ADMIN_PORT).await?;
     Ok(pod)
