@@ -365,6 +365,8 @@ pub struct Sample {
     /// The answering backend's name, or `None` for a failed request (error,
     /// timeout or a status other than 200).
     pub backend: Option<String>,
+    /// What a failed request got instead (status or error); empty otherwise.
+    pub failure: String,
 }
 
 /// Steady HTTP load: `rps` GETs per second over `workers` kept-alive connections.
@@ -390,12 +392,19 @@ impl Load {
                     loop {
                         tick.tick().await;
                         let sent = Instant::now();
-                        let backend = match client.get("/").await {
-                            Ok(a) if a.status == 200 => a.body.split(' ').next().map(str::to_owned),
-                            _ => None,
+                        let (backend, failure) = match client.get("/").await {
+                            Ok(a) if a.status == 200 => {
+                                (a.body.split(' ').next().map(str::to_owned), String::new())
+                            }
+                            Ok(a) => (None, format!("status {}", a.status)),
+                            Err(e) => (None, e.to_string()),
                         };
                         let mut all = samples.lock().unwrap_or_else(|e| e.into_inner());
-                        all.push(Sample { sent, backend });
+                        all.push(Sample {
+                            sent,
+                            backend,
+                            failure,
+                        });
                     }
                 })
             })
@@ -475,6 +484,7 @@ mod tests {
             .map(|(ms, b)| Sample {
                 sent: start + Duration::from_millis(*ms),
                 backend: b.map(str::to_owned),
+                failure: String::new(),
             })
             .collect()
     }

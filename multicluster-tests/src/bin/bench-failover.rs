@@ -102,6 +102,10 @@ async fn bench(name: &'static str, fast_path: bool, runs: usize) -> Result<Mode>
             "{name} run {run}: 99% on the backup after {:.0} ms, {failed} failed",
             to_backup.as_secs_f64() * 1000.0
         );
+        for s in samples.iter().filter(|s| s.sent >= kill && s.backend.is_none()) {
+            let at = s.sent.saturating_duration_since(kill).as_secs_f64() * 1000.0;
+            println!("  failed: sent {at:.0} ms after the kill: {}", s.failure);
+        }
         mode.failover_ms.push(to_backup.as_secs_f64() * 1000.0);
         mode.failed.push(failed as f64);
         bed.revive("web-primary").await?;
