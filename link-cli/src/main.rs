@@ -87,10 +87,10 @@ async fn run_simple(cli: &Cli) -> Result<String, CliError> {
         Command::Link(args) => link::run(global, args).await,
         Command::Unlink(args) => unlink::run(global, args).await,
         Command::Gateways => gateways::run(global).await,
-        Command::Failover(FailoverCommand::Status) => failover::run(global).await,
         Command::Top(cli::TopCommand::Zones(args)) => {
             top::zones(&args.metrics, global.output).await
         }
+        Command::Failover(FailoverCommand::Status) => failover::run(global).await,
         // Handled by `run`, which keeps the report when a check fails.
         Command::Check(_) => Ok(String::new()),
         Command::Install(args) => install::run(args, global.output),

@@ -240,6 +240,9 @@ pub struct RunArgs {
     /// Timeouts and limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Load balancing.
+    #[command(flatten)]
+    pub balance: BalanceArgs,
     /// Fail over on the proxy's own: skip split backends whose endpoints all
     /// failed, and retry idempotent requests once within a 20% budget. `false`
     /// follows the routes' weights only.
@@ -250,9 +253,6 @@ pub struct RunArgs {
         action = clap::ArgAction::Set
     )]
     pub failover_fast_path: bool,
-    /// Load balancing.
-    #[command(flatten)]
-    pub balance: BalanceArgs,
 }
 
 /// `proxy run`, parsed and validated.
@@ -264,10 +264,10 @@ pub struct ProxyConfig {
     pub inbound: InboundConfig,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
-    /// Whether the failover fast path is on.
-    pub failover_fast_path: bool,
     /// Load balancing.
     pub balance: crate::balance::BalanceConfig,
+    /// Whether the failover fast path is on.
+    pub failover_fast_path: bool,
 }
 
 impl RunArgs {
@@ -284,8 +284,8 @@ impl RunArgs {
             detect_timeout_ms,
             tls: _,
             limits,
-            failover_fast_path,
             balance,
+            failover_fast_path,
         } = self;
         let addrs = [outbound_addr, inbound_addr, admin_addr];
         let ports: HashSet<_> = addrs.iter().map(|a| a.port()).collect();
@@ -332,8 +332,8 @@ impl RunArgs {
                 buffer_size,
             },
             connect_timeout,
-            failover_fast_path: *failover_fast_path,
             balance: balance.config()?,
+            failover_fast_path: *failover_fast_path,
         })
     }
 }

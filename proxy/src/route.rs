@@ -80,15 +80,15 @@ impl Router {
         }
     }
 
-    /// Sets the failover fast path (on by default).
-    pub fn with_failover(mut self, failover: Failover) -> Self {
-        self.failover = Arc::new(failover);
-        self
-    }
-
     /// Counts the picks of resolved targets' balancers in `metrics`.
     pub fn with_tier_metrics(mut self, metrics: Arc<TierMetrics>) -> Self {
         self.tier_metrics = Some(metrics);
+        self
+    }
+
+    /// Sets the failover fast path (on by default).
+    pub fn with_failover(mut self, failover: Failover) -> Self {
+        self.failover = Arc::new(failover);
         self
     }
 
@@ -106,17 +106,17 @@ impl Router {
             return Ok(None);
         };
         let mut target = self.target(name, rx);
+        // Only discovered targets are counted, not fixed ones; the Arc is new.
+        if let (Some(m), Some(t)) = (&self.tier_metrics, Arc::get_mut(&mut target)) {
+            t.balancer.observe(m.clone(), name);
+        }
         if let (Some(routes), Some(t)) = (self.discovery.routes(name), Arc::get_mut(&mut target)) {
             t.split = Some(Split::new(
                 routes,
                 self.discovery.clone(),
-                self.builder(),
+                self.builder(self.tier_metrics.clone()),
                 self.failover.clone(),
             ));
-        }
-        // Only discovered targets are counted, not fixed ones; the Arc is new.
-        if let (Some(m), Some(t)) = (&self.tier_metrics, Arc::get_mut(&mut target)) {
-            t.balancer.observe(m.clone(), name);
         }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() < MAX_CACHED {
@@ -138,20 +138,25 @@ impl Router {
         name: &str,
         rx: watch::Receiver<crate::discovery::EndpointSet>,
     ) -> Arc<Target> {
-        (self.builder())(name, rx)
+        (self.builder(None))(name, rx)
     }
 
-    /// Builds targets without routes (a split's backends are plain targets).
-    fn builder(&self) -> BuildTarget {
+    /// Builds targets without routes (a split's backends are plain targets),
+    /// counting their balancers' picks in `metrics` if given.
+    fn builder(&self, metrics: Option<Arc<TierMetrics>>) -> BuildTarget {
         let (connector, balance, hop) = (self.connector.clone(), self.balance, self.hop);
         let failover = self.failover.clone();
         Arc::new(move |name, rx| {
             let connector = connector.clone();
+            let mut balancer = Balancer::new(rx, balance, move |ep| {
+                EndpointService::new(ep, &connector, hop)
+            });
+            if let Some(m) = &metrics {
+                balancer.observe(m.clone(), name);
+            }
             Arc::new(Target {
                 name: name.to_string(),
-                balancer: Balancer::new(rx, balance, move |ep| {
-                    EndpointService::new(ep, &connector, hop)
-                }),
+                balancer,
                 split: None,
                 failover: failover.clone(),
             })
