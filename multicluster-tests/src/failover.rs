@@ -30,7 +30,7 @@ use crate::harness::Harness;
 use crate::pod::Pod;
 use crate::scenario::{
     ADMIN_PORT, CONTROLLER_ADMIN_PORT, DISCOVERY_PORT, INBOUND_PORT, Pki, discovery_args,
-    first_zone, identity, sidecar_args, tls_args, wait_ready,
+    first_zone, identity, sidecar_args, start_controller, tls_args, wait_ready,
 };
 use crate::traffic::HttpClient;
 
@@ -106,7 +106,8 @@ impl Bed {
         }
         west.publish(NAMESPACE, ROOT, PORT, &[]).await?;
         apply_split(west, config).await?;
-        let controller = start_controller(west, &zone, config.hold_down).await?;
+        let hold_down = format!("--failover-hold-down-ms={}", config.hold_down.as_millis());
+        let controller = start_controller(west, "controller", &zone, &[hold_down]).await?;
         let discovery = SocketAddr::new(IpAddr::V4(controller.ip()), DISCOVERY_PORT);
         let pki = Pki::new(&harness.dir().join("failover-certs"))?;
         let sidecar = start_sidecar(west, &zone, &pki, discovery, config.fast_path).await?;
@@ -191,6 +192,16 @@ impl Bed {
             .sum())
     }
 
+    /// The client sidecar's log so far (its `upstream request failed` lines
+    /// say why a request failed).
+    pub fn sidecar_log(&self) -> String {
+        let path = self
+            .sidecar
+            .log_dir
+            .join(format!("{}.log", self.sidecar.name()));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// The kube client of the bed's cluster.
     pub fn kube(&self) -> kube::Client {
         self.client.clone()
@@ -273,28 +284,6 @@ pub async fn write_split(
         .await
         .map_err(Error::kube("applying the TrafficSplit"))?;
     Ok(())
-}
-
-async fn start_controller(c: &Cluster, zone: &str, hold_down: Duration) -> Result<Pod> {
-    let pod = c.create_pod("controller", zone)?;
-    let kubeconfig = c.kubeconfig_path().display().to_string();
-    pod.spawn(
-        meshlink_binary("controller")?,
-        [
-            "--cluster-name",
-            c.name(),
-            "--kubeconfig",
-            &kubeconfig,
-            "--discovery-addr",
-            &format!("0.0.0.0:{DISCOVERY_PORT}"),
-            "--admin-addr",
-            &format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
-            "--failover-hold-down-ms",
-            &hold_down.as_millis().to_string(),
-        ],
-    )?;
-    wait_ready(&pod, CONTROLLER_ADMIN_PORT).await?;
-    Ok(pod)
 }
 
 async fn start_sidecar(

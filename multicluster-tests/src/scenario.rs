@@ -338,22 +338,8 @@ impl Side {
     /// The controller, then the gateway resolving through it.
     async fn start(c: &Cluster, pki: &Pki) -> Result<Self> {
         let zone = first_zone(c)?;
-        let controller = c.create_pod(&format!("{}-controller", c.name()), &zone)?;
-        let kubeconfig = c.kubeconfig_path().display().to_string();
-        controller.spawn(
-            meshlink_binary("controller")?,
-            [
-                "--cluster-name",
-                c.name(),
-                "--kubeconfig",
-                &kubeconfig,
-                "--discovery-addr",
-                &format!("0.0.0.0:{DISCOVERY_PORT}"),
-                "--admin-addr",
-                &format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
-            ],
-        )?;
-        wait_ready(&controller, CONTROLLER_ADMIN_PORT).await?;
+        let controller =
+            start_controller(c, &format!("{}-controller", c.name()), &zone, &[]).await?;
         let discovery = SocketAddr::new(IpAddr::V4(controller.ip()), DISCOVERY_PORT);
 
         let certs = pki.issue(
@@ -389,6 +375,32 @@ fn cluster<'h>(harness: &'h Harness, name: &str) -> Result<&'h Cluster> {
     harness
         .get(name)
         .ok_or_else(|| Error::Invalid(format!("the scenario needs a cluster named {name}")))
+}
+
+/// Controller pod `name` in `c` with its admin kubeconfig, discovery on
+/// [`DISCOVERY_PORT`] and admin on [`CONTROLLER_ADMIN_PORT`], plus `extra`
+/// arguments; returns once it reports ready.
+pub(crate) async fn start_controller(
+    c: &Cluster,
+    name: &str,
+    zone: &str,
+    extra: &[String],
+) -> Result<Pod> {
+    let pod = c.create_pod(name, zone)?;
+    let mut args = vec![
+        "--cluster-name".to_owned(),
+        c.name().to_owned(),
+        "--kubeconfig".into(),
+        c.kubeconfig_path().display().to_string(),
+        "--discovery-addr".into(),
+        format!("0.0.0.0:{DISCOVERY_PORT}"),
+        "--admin-addr".into(),
+        format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+    ];
+    args.extend(extra.iter().cloned());
+    pod.spawn(meshlink_binary("controller")?, &args)?;
+    wait_ready(&pod, CONTROLLER_ADMIN_PORT).await?;
+    Ok(pod)
 }
 
 pub(crate) fn first_zone(c: &Cluster) -> Result<String> {
