@@ -56,13 +56,13 @@ pub const PROBE_PORT: u16 = 4181;
 
 /// Where the app itself listens inside its pod (behind the sidecar).
 const APP_LOCAL_PORT: u16 = 9080;
-const DISCOVERY_PORT: u16 = 8086;
-const CONTROLLER_ADMIN_PORT: u16 = 9990;
-const ADMIN_PORT: u16 = 4191;
+pub(crate) const DISCOVERY_PORT: u16 = 8086;
+pub(crate) const CONTROLLER_ADMIN_PORT: u16 = 9990;
+pub(crate) const ADMIN_PORT: u16 = 4191;
 const OUTBOUND_PORT: u16 = 4140;
 /// The client sidecar's outbound port (explicit-proxy mode, to `svc-east`).
 pub const CLIENT_OUTBOUND_PORT: u16 = OUTBOUND_PORT;
-const INBOUND_PORT: u16 = 4143;
+pub(crate) const INBOUND_PORT: u16 = 4143;
 /// How long a component may take to report ready, and a mirror to converge.
 const WITHIN: Duration = Duration::from_secs(60);
 /// The clusters, in harness builder order.
@@ -78,19 +78,19 @@ pub fn app_identity() -> String {
     identity("east", APP_NAMESPACE, APP_SERVICE)
 }
 
-fn identity(cluster: &str, ns: &str, sa: &str) -> String {
+pub(crate) fn identity(cluster: &str, ns: &str, sa: &str) -> String {
     format!("spiffe://{cluster}.meshlink.test/ns/{ns}/sa/{sa}")
 }
 
 /// One root, one issuer per cluster, certificates written under a directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     root_pem: String,
     issuers: Vec<(String, Ca)>,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Result<Self> {
+    pub(crate) fn new(dir: &Path) -> Result<Self> {
         let invalid = |e: proxy::pki::PkiError| Error::Invalid(format!("issuing: {e}"));
         let root = Ca::root("meshlink demo root", Validity::days(7)).map_err(invalid)?;
         let mut issuers = Vec::new();
@@ -109,7 +109,7 @@ impl Pki {
 
     /// Issues `id` from `cluster`'s issuer into `<dir>/<name>/` (tls.crt, tls.key,
     /// ca.crt) and returns that directory.
-    fn issue(&self, cluster: &str, name: &str, id: &str) -> Result<PathBuf> {
+    pub(crate) fn issue(&self, cluster: &str, name: &str, id: &str) -> Result<PathBuf> {
         let issuer = self
             .issuers
             .iter()
@@ -129,7 +129,7 @@ impl Pki {
 }
 
 /// `--tls-cert/--tls-key/--tls-trust` for credentials written by [`Pki::issue`].
-fn tls_args(dir: &Path) -> Vec<String> {
+pub(crate) fn tls_args(dir: &Path) -> Vec<String> {
     let file = |f: &str| dir.join(f).display().to_string();
     vec![
         "--tls-cert".into(),
@@ -363,14 +363,14 @@ fn cluster<'h>(harness: &'h Harness, name: &str) -> Result<&'h Cluster> {
         .ok_or_else(|| Error::Invalid(format!("the scenario needs a cluster named {name}")))
 }
 
-fn first_zone(c: &Cluster) -> Result<String> {
+pub(crate) fn first_zone(c: &Cluster) -> Result<String> {
     c.zones()
         .first()
         .cloned()
         .ok_or_else(|| Error::Invalid(format!("cluster {} has no zones", c.name())))
 }
 
-fn discovery_args(discovery: SocketAddr, zone: &str) -> Vec<String> {
+pub(crate) fn discovery_args(discovery: SocketAddr, zone: &str) -> Vec<String> {
     vec![
         "--discovery-addr".into(),
         discovery.to_string(),
@@ -412,7 +412,7 @@ async fn start_client(west: &Cluster, pki: &Pki, discovery: SocketAddr) -> Resul
     Ok(pod)
 }
 
-fn sidecar_args(outbound: &str, inbound_port: u16) -> Vec<String> {
+pub(crate) fn sidecar_args(outbound: &str, inbound_port: u16) -> Vec<String> {
     vec![
         "run".into(),
         "--outbound-addr".into(),
@@ -462,7 +462,7 @@ async fn start_mirror(source: &Cluster, target: &str, pki: &Pki) -> Result<Pod> 
 }
 
 /// Waits until `pod` listens on `port` and its admin server there says ready.
-async fn wait_ready(pod: &Pod, port: u16) -> Result<()> {
+pub(crate) async fn wait_ready(pod: &Pod, port: u16) -> Result<()> {
     pod.wait_listening(port, WITHIN).await?;
     let addr = SocketAddr::new(IpAddr::V4(pod.ip()), port);
     let deadline = Instant::now() + WITHIN;
