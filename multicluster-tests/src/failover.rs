@@ -30,7 +30,7 @@ use crate::harness::Harness;
 use crate::pod::Pod;
 use crate::scenario::{
     ADMIN_PORT, CONTROLLER_ADMIN_PORT, DISCOVERY_PORT, INBOUND_PORT, Pki, discovery_args,
-    first_zone, identity, sidecar_args, tls_args, wait_ready,
+    first_zone, identity, sidecar_args, start_controller, tls_args, wait_ready,
 };
 use crate::traffic::HttpClient;
 
@@ -106,12 +106,13 @@ impl Bed {
         }
         west.publish(NAMESPACE, ROOT, PORT, &[]).await?;
         apply_split(west, config).await?;
-        let controller = start_controller(west, &zone, config.hold_down).await?;
+        let hold_down = format!("--failover-hold-down-ms={}", config.hold_down.as_millis());
+        let controller = start_controller(west, "controller", &zone, &[hold_down]).await?;
         let discovery = SocketAddr::new(IpAddr::V4(controller.ip()), DISCOVERY_PORT);
         let pki = Pki::new(&harness.dir().join("failover-certs"))?;
         let sidecar = start_sidecar(west, &zone, &pki, discovery, config.fast_path).await?;
         let apps = Arc::new(apps);
-        let probe = tokio::spawn(probe_backends(west.client(), apps.clone()));
+        let probe = spawn_readiness(west.client(), NAMESPACE, apps.clone());
         let bed = Self {
             client: west.client(),
             controller,
@@ -191,6 +192,16 @@ impl Bed {
             .sum())
     }
 
+    /// The client sidecar's log so far (its `upstream request failed` lines
+    /// say why a request failed).
+    pub fn sidecar_log(&self) -> String {
+        let path = self
+            .sidecar
+            .log_dir
+            .join(format!("{}.log", self.sidecar.name()));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// The kube client of the bed's cluster.
     pub fn kube(&self) -> kube::Client {
         self.client.clone()
@@ -203,7 +214,8 @@ impl Bed {
     }
 }
 
-fn spawn_app(pod: &Pod, name: &str) -> Result<u32> {
+/// Runs `harness-echo http` on [`PORT`] in `pod`, answering with `name`.
+pub fn spawn_app(pod: &Pod, name: &str) -> Result<u32> {
     pod.spawn(
         meshlink_binary("harness-echo")?,
         ["http", &PORT.to_string(), name],
@@ -231,51 +243,47 @@ pub async fn install_crd(c: &Cluster) -> Result<()> {
 }
 
 async fn apply_split(c: &Cluster, config: &BedConfig) -> Result<()> {
-    let backends: Vec<_> = config
-        .weights
+    write_split(
+        c.client(),
+        NAMESPACE,
+        ROOT,
+        &config.weights,
+        &config.annotations,
+    )
+    .await
+}
+
+/// Server-side applies a managed TrafficSplit named after its root Service
+/// `root` in `ns`, as a user would write it.
+pub async fn write_split(
+    client: kube::Client,
+    ns: &str,
+    root: &str,
+    weights: &[(String, u32)],
+    annotations: &BTreeMap<String, String>,
+) -> Result<()> {
+    let backends: Vec<_> = weights
         .iter()
         .map(|(s, w)| json!({"service": s, "weight": w}))
         .collect();
     let split = json!({
         "apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
         "metadata": {
-            "name": ROOT, "namespace": NAMESPACE,
+            "name": root, "namespace": ns,
             "labels": {api::split::CONTROLLED_BY: "meshlink"},
-            "annotations": config.annotations,
+            "annotations": annotations,
         },
-        "spec": {"service": ROOT, "backends": backends},
+        "spec": {"service": root, "backends": backends},
     });
-    Api::<TrafficSplit>::namespaced(c.client(), NAMESPACE)
+    Api::<TrafficSplit>::namespaced(client, ns)
         .patch(
-            ROOT,
+            root,
             &PatchParams::apply("user").force(),
             &Patch::Apply(split),
         )
         .await
         .map_err(Error::kube("applying the TrafficSplit"))?;
     Ok(())
-}
-
-async fn start_controller(c: &Cluster, zone: &str, hold_down: Duration) -> Result<Pod> {
-    let pod = c.create_pod("controller", zone)?;
-    let kubeconfig = c.kubeconfig_path().display().to_string();
-    pod.spawn(
-        meshlink_binary("controller")?,
-        [
-            "--cluster-name",
-            c.name(),
-            "--kubeconfig",
-            &kubeconfig,
-            "--discovery-addr",
-            &format!("0.0.0.0:{DISCOVERY_PORT}"),
-            "--admin-addr",
-            &format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
-            "--failover-hold-down-ms",
-            &hold_down.as_millis().to_string(),
-        ],
-    )?;
-    wait_ready(&pod, CONTROLLER_ADMIN_PORT).await?;
-    Ok(pod)
 }
 
 async fn start_sidecar(
@@ -301,9 +309,20 @@ async fn start_sidecar(
     Ok(pod)
 }
 
-/// The kubelet stand-in: publishes each backend pod as its Service's endpoint
-/// only while it accepts connections.
-async fn probe_backends(client: kube::Client, apps: Arc<BTreeMap<String, Pod>>) {
+/// The kubelet stand-in: every [`PROBE_PERIOD`], publishes each pod of `apps`
+/// (Service name → pod, apps on [`PORT`], already published) as the only
+/// endpoint of its Service in `ns` while it accepts connections, and as none
+/// while it does not. Stops when the handle is aborted.
+pub fn spawn_readiness(
+    client: kube::Client,
+    ns: &str,
+    apps: Arc<BTreeMap<String, Pod>>,
+) -> JoinHandle<()> {
+    let ns = ns.to_owned();
+    tokio::spawn(async move { probe_backends(client, &ns, apps).await })
+}
+
+async fn probe_backends(client: kube::Client, ns: &str, apps: Arc<BTreeMap<String, Pod>>) {
     let mut published: BTreeMap<String, bool> = apps.keys().map(|k| (k.clone(), true)).collect();
     loop {
         for (name, pod) in apps.iter() {
@@ -315,7 +334,7 @@ async fn probe_backends(client: kube::Client, apps: Arc<BTreeMap<String, Pod>>) 
                 continue;
             }
             let pods: Vec<&Pod> = if up { vec![pod] } else { vec![] };
-            match crate::publish::publish(client.clone(), NAMESPACE, name, PORT, &pods).await {
+            match crate::publish::publish(client.clone(), ns, name, PORT, &pods).await {
                 Ok(()) => {
                     tracing::info!(backend = %name, ready = up, "readiness changed");
                     published.insert(name.clone(), up);
@@ -335,6 +354,8 @@ pub struct Sample {
     /// The answering backend's name, or `None` for a failed request (error,
     /// timeout or a status other than 200).
     pub backend: Option<String>,
+    /// What a failed request got instead (status or error); empty otherwise.
+    pub failure: String,
 }
 
 /// Steady HTTP load: `rps` GETs per second over `workers` kept-alive connections.
@@ -360,12 +381,19 @@ impl Load {
                     loop {
                         tick.tick().await;
                         let sent = Instant::now();
-                        let backend = match client.get("/").await {
-                            Ok(a) if a.status == 200 => a.body.split(' ').next().map(str::to_owned),
-                            _ => None,
+                        let (backend, failure) = match client.get("/").await {
+                            Ok(a) if a.status == 200 => {
+                                (a.body.split(' ').next().map(str::to_owned), String::new())
+                            }
+                            Ok(a) => (None, format!("status {}", a.status)),
+                            Err(e) => (None, e.to_string()),
                         };
                         let mut all = samples.lock().unwrap_or_else(|e| e.into_inner());
-                        all.push(Sample { sent, backend });
+                        all.push(Sample {
+                            sent,
+                            backend,
+                            failure,
+                        });
                     }
                 })
             })
@@ -445,6 +473,7 @@ mod tests {
             .map(|(ms, b)| Sample {
                 sent: start + Duration::from_millis(*ms),
                 backend: b.map(str::to_owned),
+                failure: String::new(),
             })
             .collect()
     }

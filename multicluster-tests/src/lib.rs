@@ -53,6 +53,7 @@ mod net;
 mod pki;
 mod pod;
 mod process;
+pub mod procstat;
 mod publish;
 pub mod scenario;
 pub mod traffic;
@@ -60,11 +61,12 @@ pub mod zonelab;
 
 pub use binaries::{Binaries, meshlink_binary};
 pub use cluster::Cluster;
-pub use components::{ControllerProcess, free_addr};
+pub use components::{ControllerProcess, free_addr, ready};
 pub use error::{Error, Result};
 pub use harness::{Harness, HarnessBuilder};
 pub use net::{AddressPlan, MAX_CLUSTERS, MAX_GATEWAYS, SLOTS, netns_names};
 pub use pod::Pod;
+pub use process::Proc;
 pub use publish::MANAGER;
 pub use scenario::Scenario;
 

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 /// A running child; killed (with its process group) on drop.
 #[derive(Debug)]
-pub(crate) struct Proc {
+pub struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
@@ -57,13 +57,20 @@ impl Proc {
         })
     }
 
+    /// Starts `cmd` like [`spawn`](Self::spawn) for a tool outside any harness
+    /// (a benchmark): its own clean-up record, so a SIGINT/SIGTERM handler still
+    /// kills the child's process group when no destructor runs.
+    pub fn spawn_alone(name: impl Into<String>, cmd: Command, log: &Path) -> Result<Self> {
+        Self::spawn(name, cmd, log, &Cleanup::register())
+    }
+
     /// The process id (also its process group id).
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Fails with the log tail if the process has already exited.
-    pub(crate) fn check_running(&mut self) -> Result<()> {
+    pub fn check_running(&mut self) -> Result<()> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(Error::Exited {

@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use api::split::{ACTIVE_TIER, ORDER, ORIGINAL_WEIGHTS, PRIMARY, TrafficSplit, weights};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use multicluster_tests::Harness;
 use multicluster_tests::failover::{
-    AUTHORITY, Bed, BedConfig, Load, NAMESPACE, ROOT, answers_between, failed_between,
-    time_to_backup,
+    AUTHORITY, Bed, BedConfig, Load, NAMESPACE, ROOT, answers_between, failed_between, install_crd,
+    spawn_app, spawn_readiness, time_to_backup, write_split,
 };
+use multicluster_tests::scenario::{APP_NAMESPACE, APP_PORT, CLIENT_OUTBOUND_PORT};
+use multicluster_tests::{Harness, Scenario};
 use tokio::time::Instant;
 
 /// The hold-down the tests run the controller with.
@@ -318,6 +320,161 @@ async fn a_denied_weight_patch_is_retried_until_it_lands() -> Result<()> {
         map(&[("web-primary", 0), ("web-backup", 1)])
     );
     wait_event(&bed, "Failover").await?;
+    Ok(())
+}
+
+/// Cross-cluster: the end-to-end scenario (east's app exported, mirrored into
+/// west as `svc-east` behind east's gateway) plus, in west, a local app
+/// `svc-west` with the kubelet stand-in, a root Service `svc`, a managed split
+/// with the chain `order`, and a client sidecar to `svc` under load.
+struct CrossCluster {
+    scenario: Scenario,
+    split_client: kube::Client,
+    load: Load,
+    west_apps: std::sync::Arc<BTreeMap<String, multicluster_tests::Pod>>,
+    _client: multicluster_tests::Pod,
+    _readiness: ReadinessGuard,
+    _harness: Harness,
+}
+
+/// Stops the kubelet stand-in with the test.
+struct ReadinessGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for ReadinessGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+const CROSS_ROOT: &str = "svc";
+const CROSS_AUTHORITY: &str = "svc.demo.svc.cluster.local:8080";
+/// What east's app answers with (its pod's name).
+const EAST_APP: &str = "svc-1";
+
+async fn cross_cluster(order: &str, weights: &[(&str, u32)]) -> Result<CrossCluster> {
+    multicluster_tests::init_tracing();
+    let harness = Harness::builder()
+        .cluster("east")
+        .cluster("west")
+        .start()
+        .await?;
+    let scenario = Scenario::start(&harness, &mut |line| println!("{line}")).await?;
+    let west = harness.cluster("west");
+    install_crd(west).await?;
+    let zone = west.zones()[0].clone();
+    let pod = west.create_pod("svc-west", &zone)?;
+    spawn_app(&pod, "svc-west")?;
+    pod.wait_listening(APP_PORT, DECIDE).await?;
+    west.publish(APP_NAMESPACE, "svc-west", APP_PORT, &[&pod])
+        .await?;
+    west.publish(APP_NAMESPACE, CROSS_ROOT, APP_PORT, &[])
+        .await?;
+    let apps = std::sync::Arc::new(BTreeMap::from([("svc-west".to_string(), pod)]));
+    let readiness = ReadinessGuard(spawn_readiness(west.client(), APP_NAMESPACE, apps.clone()));
+    let weights: Vec<(String, u32)> = weights.iter().map(|(b, w)| (b.to_string(), *w)).collect();
+    let annotations = BTreeMap::from([(ORDER.to_string(), order.to_string())]);
+    write_split(
+        west.client(),
+        APP_NAMESPACE,
+        CROSS_ROOT,
+        &weights,
+        &annotations,
+    )
+    .await?;
+    let client = scenario
+        .start_client_to(&harness, "split-client", CROSS_AUTHORITY, &[])
+        .await?;
+    let addr = std::net::SocketAddr::from((client.ip(), CLIENT_OUTBOUND_PORT));
+    let load = Load::start(addr, CROSS_AUTHORITY, RPS, WORKERS);
+    Ok(CrossCluster {
+        scenario,
+        split_client: west.client(),
+        load,
+        west_apps: apps,
+        _client: client,
+        _readiness: readiness,
+        _harness: harness,
+    })
+}
+
+impl CrossCluster {
+    async fn wait_tier(&self, want: &str, within: Duration) -> Result<TrafficSplit> {
+        let splits: Api<TrafficSplit> = Api::namespaced(self.split_client.clone(), APP_NAMESPACE);
+        let deadline = Instant::now() + within;
+        loop {
+            let split = splits.get(CROSS_ROOT).await?;
+            if tier(&split) == Some(want) {
+                return Ok(split);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "split never reached tier {want}: {:?} {:?}",
+                weights(&split),
+                split.annotations()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Failed requests and time to 99% on `backup` in the window after `kill`.
+    async fn measure(&self, kill: Instant, backup: &str) -> Result<(usize, Duration)> {
+        tokio::time::sleep_until(kill + WINDOW).await;
+        let samples = self.load.samples();
+        let failed = failed_between(&samples, kill, kill + WINDOW);
+        let to_backup =
+            time_to_backup(&samples, kill, kill + WINDOW, &[backup]).with_context(|| {
+                format!(
+                    "99% never reached {backup}: {:?}",
+                    answers_between(&samples, kill, kill + WINDOW)
+                )
+            })?;
+        Ok((failed, to_backup))
+    }
+}
+
+#[tokio::test]
+async fn a_west_primary_killed_fails_over_to_the_east_mirror_through_the_gateway() -> Result<()> {
+    let cc = cross_cluster("svc-west, svc-east", &[("svc-west", 1), ("svc-east", 0)]).await?;
+    cc.wait_tier("0", DECIDE).await?;
+    wait_served_by(&cc.load, "svc-west", 100).await?;
+    let kill = Instant::now();
+    cc.west_apps["svc-west"].kill_processes();
+    let (failed, to_east) = cc.measure(kill, EAST_APP).await?;
+    println!("west -> east: {failed} failed, 99% on east's app after {to_east:?}");
+    assert!(to_east < Duration::from_secs(1), "{to_east:?}");
+    assert!(failed <= 2, "{failed} idempotent requests failed (goal 0)");
+    let split = cc.wait_tier("1", DECIDE).await?;
+    assert_eq!(weights(&split), map(&[("svc-west", 0), ("svc-east", 1)]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_east_gateway_dying_fails_over_like_a_dead_service() -> Result<()> {
+    let cc = cross_cluster("svc-east, svc-west", &[("svc-east", 1), ("svc-west", 0)]).await?;
+    cc.wait_tier("0", DECIDE).await?;
+    wait_served_by(&cc.load, EAST_APP, 100).await?;
+    let kill = Instant::now();
+    cc.scenario.kill_gateway("east")?;
+    let (failed, to_west) = cc.measure(kill, "svc-west").await?;
+    println!("east gateway down: {failed} failed, 99% on svc-west after {to_west:?}");
+    assert!(to_west < Duration::from_secs(1), "{to_west:?}");
+    assert!(failed <= 2, "{failed} idempotent requests failed (goal 0)");
+    // The controller follows once the mirror's probe marks svc-east not ready
+    // (3 failed probes 3 s apart by default).
+    let split = cc.wait_tier("1", Duration::from_secs(60)).await?;
+    let shifted = kill.elapsed();
+    assert_eq!(weights(&split), map(&[("svc-east", 0), ("svc-west", 1)]));
+    let slices: Api<EndpointSlice> = Api::namespaced(cc.split_client.clone(), APP_NAMESPACE);
+    let mirror = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=svc-east"))
+        .await?;
+    let ready = mirror
+        .items
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
+    assert!(!ready, "svc-east's mirror endpoints are still ready");
+    println!("east gateway down: the controller shifted after {shifted:?}");
     Ok(())
 }
 

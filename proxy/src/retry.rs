@@ -59,11 +59,14 @@ impl Failover {
         }
     }
 
-    /// Clears the mark of `addr` after a success.
-    pub fn succeeded(&self, addr: SocketAddr) {
+    /// Clears the mark of `addr` after a success of a request or connection
+    /// `started` then. A success that started before the failure does not clear
+    /// it: when an endpoint dies, requests already answered may still complete
+    /// after others failed, and must not make it look alive to their retries.
+    pub fn succeeded(&self, addr: SocketAddr, started: Instant) {
         if self.enabled {
             let mut dead = self.lock_dead();
-            if !dead.is_empty() {
+            if dead.get(&addr).is_some_and(|failed| *failed < started) {
                 dead.remove(&addr);
             }
         }
@@ -143,9 +146,12 @@ mod tests {
     fn dead_marks_clear_on_success_and_are_off_without_the_fast_path() {
         let addr: SocketAddr = "198.18.0.1:80".parse().unwrap_or_else(|_| unreachable!());
         let f = Failover::new(true);
+        let before = Instant::now();
         f.failed(addr);
         assert!(f.is_dead(addr));
-        f.succeeded(addr);
+        f.succeeded(addr, before);
+        assert!(f.is_dead(addr), "a success that started before the failure");
+        f.succeeded(addr, Instant::now());
         assert!(!f.is_dead(addr));
         let off = Failover::new(false);
         off.failed(addr);

@@ -91,6 +91,19 @@ fn discovery(apps: &[(&str, &App)], routes: Vec<RouteBackend>) -> Arc<StaticDisc
     Arc::new(d)
 }
 
+/// A primary (weight 100, tier 0) and a backup (weight 0, tier 1).
+async fn primary_and_backup() -> (App, App, Arc<StaticDiscovery>) {
+    let (primary, backup) = (
+        App::start("app-primary").await,
+        App::start("app-backup").await,
+    );
+    let d = discovery(
+        &[("primary", &primary), ("backup", &backup)],
+        vec![backend("primary", 100, 0), backend("backup", 0, 1)],
+    );
+    (primary, backup, d)
+}
+
 async fn outbound(d: Arc<StaticDiscovery>, fast_path: bool) -> SocketAddr {
     let router = Router::new(
         d,
@@ -182,14 +195,7 @@ async fn requests_split_by_weight() {
 
 #[tokio::test]
 async fn a_dead_primary_fails_over_to_the_backup_with_no_failed_request() {
-    let (mut primary, backup) = (
-        App::start("app-primary").await,
-        App::start("app-backup").await,
-    );
-    let d = discovery(
-        &[("primary", &primary), ("backup", &backup)],
-        vec![backend("primary", 100, 0), backend("backup", 0, 1)],
-    );
+    let (mut primary, _backup, d) = primary_and_backup().await;
     let proxy = outbound(d, true).await;
     let before = load(proxy, 100, 4).await;
     assert_eq!(before.get("app-primary"), Some(&100), "{before:?}");
@@ -201,14 +207,7 @@ async fn a_dead_primary_fails_over_to_the_backup_with_no_failed_request() {
 
 #[tokio::test]
 async fn without_the_fast_path_a_dead_primary_fails_requests() {
-    let (mut primary, backup) = (
-        App::start("app-primary").await,
-        App::start("app-backup").await,
-    );
-    let d = discovery(
-        &[("primary", &primary), ("backup", &backup)],
-        vec![backend("primary", 100, 0), backend("backup", 0, 1)],
-    );
+    let (mut primary, _backup, d) = primary_and_backup().await;
     let proxy = outbound(d, false).await;
     primary.kill();
     let after = load(proxy, 50, 4).await;
@@ -244,14 +243,7 @@ async fn a_chain_skips_every_dead_tier() {
 
 #[tokio::test]
 async fn a_backend_whose_endpoints_are_removed_is_skipped() {
-    let (primary, backup) = (
-        App::start("app-primary").await,
-        App::start("app-backup").await,
-    );
-    let d = discovery(
-        &[("primary", &primary), ("backup", &backup)],
-        vec![backend("primary", 100, 0), backend("backup", 0, 1)],
-    );
+    let (_primary, _backup, d) = primary_and_backup().await;
     let proxy = outbound(d.clone(), true).await;
     d.set("primary.shop.svc.cluster.local:80", vec![]);
     let after = load(proxy, 100, 4).await;
@@ -260,14 +252,7 @@ async fn a_backend_whose_endpoints_are_removed_is_skipped() {
 
 #[tokio::test]
 async fn a_post_with_a_body_is_not_retried() {
-    let (mut primary, backup) = (
-        App::start("app-primary").await,
-        App::start("app-backup").await,
-    );
-    let d = discovery(
-        &[("primary", &primary), ("backup", &backup)],
-        vec![backend("primary", 100, 0), backend("backup", 0, 1)],
-    );
+    let (mut primary, _backup, d) = primary_and_backup().await;
     let proxy = outbound(d, true).await;
     // Warm the budget and a pooled connection to the primary.
     load(proxy, 100, 1).await;

@@ -188,7 +188,25 @@ impl Mesh {
 
     /// A mesh whose gateway admits only identities `policy` allows.
     pub async fn start_with(app: SocketAddr, policy: Policy) -> Self {
-        let pki = Pki::new();
+        Self::build(app, policy, Pki::new(), None).await
+    }
+
+    /// A mesh of `pki`'s identities whose gateway serves `gateway_tls` (issued by
+    /// `pki` for [`GATEWAY_ID`]; rotating credential files, for instance).
+    pub async fn start_with_gateway_tls(
+        app: SocketAddr,
+        pki: Pki,
+        gateway_tls: watch::Receiver<Arc<TlsConfigs>>,
+    ) -> Self {
+        Self::build(app, Policy::AnyTrusted, pki, Some(gateway_tls)).await
+    }
+
+    async fn build(
+        app: SocketAddr,
+        policy: Policy,
+        pki: Pki,
+        gateway_tls: Option<watch::Receiver<Arc<TlsConfigs>>>,
+    ) -> Self {
         let (shutdown, rx) = watch::channel(());
         let stop = move || {
             let mut rx = rx.clone();
@@ -199,7 +217,8 @@ impl Mesh {
         let connect_timeout = Duration::from_secs(5);
 
         // East: the app's sidecar (inbound) and the gateway.
-        let east_connector = Connector::new(connect_timeout, Some(pki.watch(GATEWAY_ID)));
+        let gateway_tls = gateway_tls.unwrap_or_else(|| pki.watch(GATEWAY_ID));
+        let east_connector = Connector::new(connect_timeout, Some(gateway_tls.clone()));
         let inbound_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let inbound = inbound_l.local_addr().unwrap();
         let mut reg = Registry::default();
@@ -254,7 +273,7 @@ impl Mesh {
                 idle_timeout: Duration::from_secs(60),
                 buffer_size: 16 * 1024,
             },
-            pki.watch(GATEWAY_ID),
+            gateway_tls,
             gw_router,
             gw_metrics,
         );

@@ -256,19 +256,7 @@ async fn wait_marker(
 }
 
 fn rss_mib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim_start_matches(':')
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("{field} missing from /proc/{pid}/status"))?;
-    Ok(kib / 1024)
+    Ok(multicluster_tests::procstat::status_kib(pid, field)? / 1024)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

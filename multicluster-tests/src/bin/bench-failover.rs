@@ -89,6 +89,7 @@ async fn bench(name: &'static str, fast_path: bool, runs: usize) -> Result<Mode>
         failover_ms: Vec::new(),
         failed: Vec::new(),
     };
+    let mut log_seen = 0;
     for run in 1..=runs {
         wait_primary(&load).await?;
         let kill = Instant::now();
@@ -102,6 +103,23 @@ async fn bench(name: &'static str, fast_path: bool, runs: usize) -> Result<Mode>
             "{name} run {run}: 99% on the backup after {:.0} ms, {failed} failed",
             to_backup.as_secs_f64() * 1000.0
         );
+        for s in samples
+            .iter()
+            .filter(|s| s.sent >= kill && s.backend.is_none())
+        {
+            let at = s.sent.saturating_duration_since(kill).as_secs_f64() * 1000.0;
+            println!("  failed: sent {at:.0} ms after the kill: {}", s.failure);
+        }
+        // What the sidecar saw of this run's upstream failures.
+        let log = bed.sidecar_log();
+        for line in log
+            .lines()
+            .skip(log_seen)
+            .filter(|l| l.contains("upstream request failed"))
+        {
+            println!("  sidecar: {line}");
+        }
+        log_seen = log.lines().count();
         mode.failover_ms.push(to_backup.as_secs_f64() * 1000.0);
         mode.failed.push(failed as f64);
         bed.revive("web-primary").await?;

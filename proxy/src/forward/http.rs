@@ -241,10 +241,11 @@ async fn send(
         &svc.h1
     };
     let addr = pick.endpoint().addr;
+    let started = Instant::now();
     match client.request(req).await {
         Ok(rsp) => {
             pick.record();
-            target.failover.succeeded(addr);
+            target.failover.succeeded(addr, started);
             Ok(rsp)
         }
         Err(error) => {

@@ -23,6 +23,7 @@ where
         ctx.metrics.tcp_close(ctx.listener, 0, 0);
         return Err(Error::NoEndpoints(target.name.clone()));
     };
+    let started = Instant::now();
     let upstream = match pick.service().opaque().open().await {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -31,7 +32,7 @@ where
             return Err(error);
         }
     };
-    target.failover.succeeded(pick.endpoint().addr);
+    target.failover.succeeded(pick.endpoint().addr, started);
     pick.record();
     let epoch = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));

@@ -1,0 +1,109 @@
+//! Memory and CPU time of running processes, read from `/proc`, and the machine's
+//! load average: what the benchmarks report beside their latencies.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Clock ticks per second of the CPU times in `/proc/<pid>/stat`. Linux fixes
+/// this user-visible unit (USER_HZ) at 100 whatever the kernel's own tick rate.
+const USER_HZ: u32 = 100;
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(Error::io(format!("reading {path}")))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| Error::Invalid(format!("{field} missing from {path}")))
+}
+
+/// User plus system CPU time the process has used so far, all threads included.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(Error::io(format!("reading {path}")))?;
+    // The command name (field 2) may hold spaces; the fields after it are fixed.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| Error::Invalid(format!("{path}: no command name")))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line; 3 is the first here.
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| Error::Invalid(format!("{path}: field {i} unreadable")))
+    };
+    let total = ticks(14)? + ticks(15)?;
+    Ok(Duration::from_secs(total) / USER_HZ)
+}
+
+/// The direct children of `pid` (nginx's workers under its master).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| parent(*child) == Some(pid))
+        .collect()
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The first three fields of `/proc/loadavg` (1, 5 and 15 minutes).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        let rss = status_kib(me, "VmRSS").unwrap();
+        assert!(rss > 0);
+        assert!(status_kib(me, "VmHWM").unwrap() >= rss);
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        assert!(cpu_time(me).unwrap() > Duration::ZERO);
+        assert!(status_kib(me, "NoSuchField").is_err());
+        assert_eq!(load_average().split(' ').count(), 3);
+    }
+
+    #[test]
+    fn finds_a_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = children(std::process::id()).contains(&child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found);
+    }
+}
