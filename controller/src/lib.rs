@@ -4,3 +4,4 @@
 //! identity (workload certificate signing).
 
 pub mod discovery;
+pub mod failover;

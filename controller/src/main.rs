@@ -1,5 +1,5 @@
-//! The `controller` binary: one cluster's control plane. Today it serves
-//! discovery; failover and identity join it as they are built.
+//! The `controller` binary: one cluster's control plane. It serves discovery
+//! and manages failover TrafficSplits; identity joins it when it is built.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,8 +9,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use controller::discovery::Discovery;
+use controller::failover;
 use prometheus_client::registry::Registry;
 use proxy::admin::{self, AdminState};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -43,6 +45,17 @@ struct Args {
     /// service account is used.
     #[arg(long, env = "MESHLINK_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// How long a better failover tier must stay ready before traffic returns to it.
+    #[arg(long, env = "MESHLINK_FAILOVER_HOLD_DOWN_MS", default_value_t = 30_000)]
+    failover_hold_down_ms: u64,
+    /// Equality-based label selector (`k=v,k2!=v2,k3`) of the TrafficSplits whose
+    /// weights failover manages.
+    #[arg(
+        long,
+        env = "MESHLINK_FAILOVER_SELECTOR",
+        default_value = "failover.meshlink.io/controlled-by=meshlink"
+    )]
+    failover_selector: String,
 }
 
 /// Splits `namespace/name`.
@@ -77,6 +90,12 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     proxy::tls::install_default_provider();
+    let failover = failover::Config {
+        hold_down: Duration::from_millis(args.failover_hold_down_ms),
+        selector: args.failover_selector.clone(),
+    };
+    failover::check_selector(&failover.selector)
+        .map_err(|why| anyhow::anyhow!("--failover-selector {:?}: {why}", failover.selector))?;
     let client = client(args.kubeconfig).await?;
     let signal = admin::shutdown_signal().context("installing signal handlers")?;
     let discovery_l = TcpListener::bind(args.discovery_addr)
@@ -88,12 +107,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let discovery = Discovery::start(
-        client,
+        client.clone(),
         &args.cluster_name,
         &args.cluster_domain,
         args.zone_costs_configmap,
         registry.sub_registry_with_prefix("discovery"),
     );
+    let failover_metrics =
+        failover::Metrics::register(registry.sub_registry_with_prefix("failover"));
     let state = AdminState {
         registry: Arc::new(registry),
         ready: discovery.ready(),
@@ -102,6 +123,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut admin_stop = stop_rx.clone();
+    let failover = tokio::spawn(failover::run(
+        client,
+        failover,
+        failover_metrics,
+        stop_rx.clone(),
+    ));
     let server = tokio::spawn(discovery.serve(discovery_l, stop_rx));
     let admin = tokio::spawn(admin::serve(admin_l, state, async move {
         let _ = admin_stop.wait_for(|s| *s).await;
@@ -115,5 +142,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("discovery task")?
         .context("discovery server")?;
     admin.await.context("admin task")??;
+    failover.await.context("failover task")?;
     Ok(())
 }

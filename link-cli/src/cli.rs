@@ -87,6 +87,9 @@ pub enum Command {
     /// Live views read from proxies' and gateways' metrics endpoints.
     #[command(subcommand)]
     Top(TopCommand),
+    /// Failover TrafficSplits (`failover status`).
+    #[command(subcommand)]
+    Failover(FailoverCommand),
     /// Print the control-plane and multicluster manifests (the charts in
     /// charts/, rendered with the same values) for `kubectl apply -f -`, into
     /// namespaces meshlink and meshlink-multicluster. Contacts no cluster.
@@ -115,6 +118,15 @@ pub struct TopZonesArgs {
         value_name = "HOST:PORT"
     )]
     pub metrics: Vec<String>,
+}
+
+/// `meshlink failover ...`.
+#[derive(Subcommand, Debug)]
+pub enum FailoverCommand {
+    /// One row per managed TrafficSplit (label failover.meshlink.io/controlled-by)
+    /// in every namespace, or in -n's: its chain, the active tier and its
+    /// backends, and the last shift.
+    Status,
 }
 
 /// `meshlink export`.

@@ -112,7 +112,7 @@ fn millis(ms: f64) -> String {
 }
 
 /// `42s`, `3m`, `5h`, `2d`: kubectl's coarse ages.
-fn age(seconds: i64) -> String {
+pub fn age(seconds: i64) -> String {
     let s = seconds.max(0);
     match s {
         0..120 => format!("{s}s"),

@@ -390,6 +390,8 @@ fn control_plane(v: &ControlPlane) -> Vec<Value> {
             "rules": [
                 {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": ["get", "list", "watch"]},
                 rule("discovery.k8s.io", "endpointslices", &["get", "list", "watch"]),
+                rule("split.smi-spec.io", "trafficsplits", &["get", "list", "watch", "patch"]),
+                rule("events.k8s.io", "events", &["create", "patch"]),
             ],
         }),
         role_binding(

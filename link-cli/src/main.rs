@@ -9,6 +9,7 @@ mod check;
 mod cli;
 mod error;
 mod export;
+mod failover;
 mod gateways;
 #[cfg(test)]
 mod golden;
@@ -26,7 +27,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, DEFAULT_MULTICLUSTER_NAMESPACE};
+use crate::cli::{Cli, Command, DEFAULT_MULTICLUSTER_NAMESPACE, FailoverCommand};
 use crate::error::CliError;
 
 /// Field manager for everything the CLI server-side applies.
@@ -89,6 +90,7 @@ async fn run_simple(cli: &Cli) -> Result<String, CliError> {
         Command::Top(cli::TopCommand::Zones(args)) => {
             top::zones(&args.metrics, global.output).await
         }
+        Command::Failover(FailoverCommand::Status) => failover::run(global).await,
         // Handled by `run`, which keeps the report when a check fails.
         Command::Check(_) => Ok(String::new()),
         Command::Install(args) => install::run(args, global.output),

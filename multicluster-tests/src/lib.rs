@@ -47,6 +47,7 @@ mod cluster;
 mod components;
 mod error;
 mod etcd;
+pub mod failover;
 mod harness;
 mod net;
 mod pki;

@@ -88,6 +88,13 @@ impl Pod {
         Ok(pid)
     }
 
+    /// Kills every process started with [`Pod::spawn`] (SIGKILL, as a crash
+    /// would), keeping the namespace and its address: connections to the pod
+    /// are refused until something is spawned again.
+    pub fn kill_processes(&self) {
+        self.procs().clear();
+    }
+
     /// Process ids of the processes started with [`Pod::spawn`].
     pub fn pids(&self) -> Vec<u32> {
         self.procs().iter().map(Proc::pid).collect()

@@ -56,13 +56,13 @@ pub const PROBE_PORT: u16 = 4181;
 
 /// Where the app itself listens inside its pod (behind the sidecar).
 const APP_LOCAL_PORT: u16 = 9080;
-const DISCOVERY_PORT: u16 = 8086;
-const CONTROLLER_ADMIN_PORT: u16 = 9990;
-const ADMIN_PORT: u16 = 4191;
+pub(crate) const DISCOVERY_PORT: u16 = 8086;
+pub(crate) const CONTROLLER_ADMIN_PORT: u16 = 9990;
+pub(crate) const ADMIN_PORT: u16 = 4191;
 const OUTBOUND_PORT: u16 = 4140;
 /// The client sidecar's outbound port (explicit-proxy mode, to `svc-east`).
 pub const CLIENT_OUTBOUND_PORT: u16 = OUTBOUND_PORT;
-const INBOUND_PORT: u16 = 4143;
+pub(crate) const INBOUND_PORT: u16 = 4143;
 /// How long a component may take to report ready, and a mirror to converge.
 const WITHIN: Duration = Duration::from_secs(60);
 /// The clusters, in harness builder order.
@@ -78,19 +78,19 @@ pub fn app_identity() -> String {
     identity("east", APP_NAMESPACE, APP_SERVICE)
 }
 
-fn identity(cluster: &str, ns: &str, sa: &str) -> String {
+pub(crate) fn identity(cluster: &str, ns: &str, sa: &str) -> String {
     format!("spiffe://{cluster}.meshlink.test/ns/{ns}/sa/{sa}")
 }
 
 /// One root, one issuer per cluster, certificates written under a directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     root_pem: String,
     issuers: Vec<(String, Ca)>,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Result<Self> {
+    pub(crate) fn new(dir: &Path) -> Result<Self> {
         let invalid = |e: proxy::pki::PkiError| Error::Invalid(format!("issuing: {e}"));
         let root = Ca::root("meshlink demo root", Validity::days(7)).map_err(invalid)?;
         let mut issuers = Vec::new();
@@ -109,7 +109,7 @@ impl Pki {
 
     /// Issues `id` from `cluster`'s issuer into `<dir>/<name>/` (tls.crt, tls.key,
     /// ca.crt) and returns that directory.
-    fn issue(&self, cluster: &str, name: &str, id: &str) -> Result<PathBuf> {
+    pub(crate) fn issue(&self, cluster: &str, name: &str, id: &str) -> Result<PathBuf> {
         let issuer = self
             .issuers
             .iter()
@@ -129,7 +129,7 @@ impl Pki {
 }
 
 /// `--tls-cert/--tls-key/--tls-trust` for credentials written by [`Pki::issue`].
-fn tls_args(dir: &Path) -> Vec<String> {
+pub(crate) fn tls_args(dir: &Path) -> Vec<String> {
     let file = |f: &str| dir.join(f).display().to_string();
     vec![
         "--tls-cert".into(),
@@ -159,6 +159,7 @@ pub struct Scenario {
     apps: Vec<Pod>,
     apps_started: usize,
     app_certs: PathBuf,
+    client_certs: PathBuf,
     client: Pod,
 }
 
@@ -185,9 +186,12 @@ impl Scenario {
         step(&format!(
             "west: starting pod client with its sidecar (every outbound connection to {MIRROR_AUTHORITY})"
         ));
+        let client_certs =
+            pki.issue("west", "client", &identity("west", APP_NAMESPACE, "client"))?;
         let mut this = Self {
             app_certs: pki.issue("east", "app", &app_identity())?,
-            client: start_client(west, &pki, sides[1].discovery).await?,
+            client: start_client(west, &client_certs, sides[1].discovery).await?,
+            client_certs,
             sides,
             apps: Vec::new(),
             apps_started: 0,
@@ -269,6 +273,30 @@ impl Scenario {
         Ok(())
     }
 
+    /// Starts another client sidecar pod `name` in west (identity of the
+    /// scenario's client), sending every connection to `authority`, with `extra`
+    /// `proxy run` arguments. Its outbound listener is [`CLIENT_OUTBOUND_PORT`].
+    pub async fn start_client_to(
+        &self,
+        harness: &Harness,
+        name: &str,
+        authority: &str,
+        extra: &[&str],
+    ) -> Result<Pod> {
+        let west = cluster(harness, "west")?;
+        let discovery = self.discovery_addr("west")?;
+        spawn_client(west, name, &self.client_certs, discovery, authority, extra).await
+    }
+
+    /// Kills every process of `cluster`'s gateway pod (its address stays, so
+    /// connections to it are refused).
+    pub fn kill_gateway(&self, cluster: &str) -> Result<()> {
+        self.sides[self.side_index(cluster)?]
+            .gateway
+            .kill_processes();
+        Ok(())
+    }
+
     /// Stops `cluster`'s controller (its pod goes away); returns whether one ran.
     pub fn stop_controller(&mut self, cluster: &str) -> Result<bool> {
         let index = self.side_index(cluster)?;
@@ -310,22 +338,8 @@ impl Side {
     /// The controller, then the gateway resolving through it.
     async fn start(c: &Cluster, pki: &Pki) -> Result<Self> {
         let zone = first_zone(c)?;
-        let controller = c.create_pod(&format!("{}-controller", c.name()), &zone)?;
-        let kubeconfig = c.kubeconfig_path().display().to_string();
-        controller.spawn(
-            meshlink_binary("controller")?,
-            [
-                "--cluster-name",
-                c.name(),
-                "--kubeconfig",
-                &kubeconfig,
-                "--discovery-addr",
-                &format!("0.0.0.0:{DISCOVERY_PORT}"),
-                "--admin-addr",
-                &format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
-            ],
-        )?;
-        wait_ready(&controller, CONTROLLER_ADMIN_PORT).await?;
+        let controller =
+            start_controller(c, &format!("{}-controller", c.name()), &zone, &[]).await?;
         let discovery = SocketAddr::new(IpAddr::V4(controller.ip()), DISCOVERY_PORT);
 
         let certs = pki.issue(
@@ -363,14 +377,40 @@ fn cluster<'h>(harness: &'h Harness, name: &str) -> Result<&'h Cluster> {
         .ok_or_else(|| Error::Invalid(format!("the scenario needs a cluster named {name}")))
 }
 
-fn first_zone(c: &Cluster) -> Result<String> {
+/// Controller pod `name` in `c` with its admin kubeconfig, discovery on
+/// [`DISCOVERY_PORT`] and admin on [`CONTROLLER_ADMIN_PORT`], plus `extra`
+/// arguments; returns once it reports ready.
+pub(crate) async fn start_controller(
+    c: &Cluster,
+    name: &str,
+    zone: &str,
+    extra: &[String],
+) -> Result<Pod> {
+    let pod = c.create_pod(name, zone)?;
+    let mut args = vec![
+        "--cluster-name".to_owned(),
+        c.name().to_owned(),
+        "--kubeconfig".into(),
+        c.kubeconfig_path().display().to_string(),
+        "--discovery-addr".into(),
+        format!("0.0.0.0:{DISCOVERY_PORT}"),
+        "--admin-addr".into(),
+        format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+    ];
+    args.extend(extra.iter().cloned());
+    pod.spawn(meshlink_binary("controller")?, &args)?;
+    wait_ready(&pod, CONTROLLER_ADMIN_PORT).await?;
+    Ok(pod)
+}
+
+pub(crate) fn first_zone(c: &Cluster) -> Result<String> {
     c.zones()
         .first()
         .cloned()
         .ok_or_else(|| Error::Invalid(format!("cluster {} has no zones", c.name())))
 }
 
-fn discovery_args(discovery: SocketAddr, zone: &str) -> Vec<String> {
+pub(crate) fn discovery_args(discovery: SocketAddr, zone: &str) -> Vec<String> {
     vec![
         "--discovery-addr".into(),
         discovery.to_string(),
@@ -399,20 +439,32 @@ async fn start_app(east: &Cluster, n: usize, certs: &Path, discovery: SocketAddr
 
 /// West's client pod: a sidecar in explicit mode, every outbound connection to
 /// `svc-east`, its outbound listener on the pod address so test code can dial it.
-async fn start_client(west: &Cluster, pki: &Pki, discovery: SocketAddr) -> Result<Pod> {
+async fn start_client(west: &Cluster, certs: &Path, discovery: SocketAddr) -> Result<Pod> {
+    spawn_client(west, "client", certs, discovery, MIRROR_AUTHORITY, &[]).await
+}
+
+/// A client sidecar pod `name` in `west` sending every connection to `authority`.
+async fn spawn_client(
+    west: &Cluster,
+    name: &str,
+    certs: &Path,
+    discovery: SocketAddr,
+    authority: &str,
+    extra: &[&str],
+) -> Result<Pod> {
     let zone = first_zone(west)?;
-    let certs = pki.issue("west", "client", &identity("west", APP_NAMESPACE, "client"))?;
-    let pod = west.create_pod("client", &zone)?;
+    let pod = west.create_pod(name, &zone)?;
     let mut args = sidecar_args(&format!("0.0.0.0:{OUTBOUND_PORT}"), INBOUND_PORT);
-    args.extend(["--outbound-target".into(), MIRROR_AUTHORITY.into()]);
+    args.extend(["--outbound-target".into(), authority.into()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
     args.extend(discovery_args(discovery, &zone));
-    args.extend(tls_args(&certs));
+    args.extend(tls_args(certs));
     pod.spawn(meshlink_binary("proxy")?, &args)?;
     wait_ready(&pod, ADMIN_PORT).await?;
     Ok(pod)
 }
 
-fn sidecar_args(outbound: &str, inbound_port: u16) -> Vec<String> {
+pub(crate) fn sidecar_args(outbound: &str, inbound_port: u16) -> Vec<String> {
     vec![
         "run".into(),
         "--outbound-addr".into(),
@@ -462,7 +514,7 @@ async fn start_mirror(source: &Cluster, target: &str, pki: &Pki) -> Result<Pod> 
 }
 
 /// Waits until `pod` listens on `port` and its admin server there says ready.
-async fn wait_ready(pod: &Pod, port: u16) -> Result<()> {
+pub(crate) async fn wait_ready(pod: &Pod, port: u16) -> Result<()> {
     pod.wait_listening(port, WITHIN).await?;
     let addr = SocketAddr::new(IpAddr::V4(pod.ip()), port);
     let deadline = Instant::now() + WITHIN;

@@ -243,6 +243,16 @@ pub struct RunArgs {
     /// Load balancing.
     #[command(flatten)]
     pub balance: BalanceArgs,
+    /// Fail over on the proxy's own: skip split backends whose endpoints all
+    /// failed, and retry idempotent requests once within a 20% budget. `false`
+    /// follows the routes' weights only.
+    #[arg(
+        long,
+        env = "MESHLINK_FAILOVER_FAST_PATH",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub failover_fast_path: bool,
 }
 
 /// `proxy run`, parsed and validated.
@@ -256,6 +266,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Load balancing.
     pub balance: crate::balance::BalanceConfig,
+    /// Whether the failover fast path is on.
+    pub failover_fast_path: bool,
 }
 
 impl RunArgs {
@@ -273,6 +285,7 @@ impl RunArgs {
             tls: _,
             limits,
             balance,
+            failover_fast_path,
         } = self;
         let addrs = [outbound_addr, inbound_addr, admin_addr];
         let ports: HashSet<_> = addrs.iter().map(|a| a.port()).collect();
@@ -320,6 +333,7 @@ impl RunArgs {
             },
             connect_timeout,
             balance: balance.config()?,
+            failover_fast_path: *failover_fast_path,
         })
     }
 }

@@ -92,6 +92,22 @@ impl From<ProtocolHint> for Protocol {
 /// The current endpoints of one target. Shared, so a watch update is cheap.
 pub type EndpointSet = Arc<Vec<Endpoint>>;
 
+/// One backend of a target's traffic split (a TrafficSplit route).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteBackend {
+    /// The backend's authority, resolved like any target.
+    pub authority: String,
+    /// Its share of the traffic.
+    pub weight: u32,
+    /// Its tier in the failover chain: 0 for the primary, then 1, 2, ...
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// The current routes of one target; empty when traffic goes to its own endpoints.
+pub type Routes = Arc<Vec<RouteBackend>>;
+
 /// Resolves targets to live endpoint sets.
 pub trait Discovery: Send + Sync + 'static {
     /// Resolves `target` (`host:port`). `Ok(None)` means discovery does not know
@@ -101,6 +117,11 @@ pub trait Discovery: Send + Sync + 'static {
         &'a self,
         target: &'a str,
     ) -> BoxFuture<'a, Result<Option<watch::Receiver<EndpointSet>>, Error>>;
+
+    /// The routes of a target already resolved, if this source knows routes.
+    fn routes(&self, _target: &str) -> Option<watch::Receiver<Routes>> {
+        None
+    }
 }
 
 /// The file format: a list of targets with their endpoints.
@@ -115,6 +136,8 @@ struct StaticFile {
 struct StaticService {
     target: String,
     endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    routes: Vec<RouteBackend>,
 }
 
 /// Discovery from a fixed table, read from a file or built in code. Tests change
@@ -122,6 +145,7 @@ struct StaticService {
 #[derive(Debug, Default)]
 pub struct StaticDiscovery {
     targets: Mutex<HashMap<String, watch::Sender<EndpointSet>>>,
+    routes: Mutex<HashMap<String, watch::Sender<Routes>>>,
 }
 
 impl StaticDiscovery {
@@ -131,7 +155,8 @@ impl StaticDiscovery {
     }
 
     /// Reads a YAML (or JSON, a subset) file:
-    /// `services: [{target: "name:port", endpoints: [{addr: "ip:port", ...}]}]`.
+    /// `services: [{target: "name:port", endpoints: [{addr: "ip:port", ...}],
+    /// routes: [{authority: "name:port", weight: 1, priority: 0}]}]`.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| Error::DiscoveryRead {
@@ -147,6 +172,9 @@ impl StaticDiscovery {
         let this = Self::new();
         for svc in file.services {
             this.set(&svc.target, svc.endpoints);
+            if !svc.routes.is_empty() {
+                this.set_routes(&svc.target, svc.routes);
+            }
         }
         Ok(this)
     }
@@ -166,7 +194,28 @@ impl StaticDiscovery {
     }
 }
 
+impl StaticDiscovery {
+    /// Replaces the routes of `target`, notifying every watcher.
+    pub fn set_routes(&self, target: &str, routes: Vec<RouteBackend>) {
+        let mut all = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = Arc::new(routes);
+        match all.get(target) {
+            Some(tx) => {
+                tx.send_replace(routes);
+            }
+            None => {
+                all.insert(target.to_string(), watch::Sender::new(routes));
+            }
+        }
+    }
+}
+
 impl Discovery for StaticDiscovery {
+    fn routes(&self, target: &str) -> Option<watch::Receiver<Routes>> {
+        let all = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(target).map(watch::Sender::subscribe)
+    }
+
     fn resolve<'a>(
         &'a self,
         target: &'a str,

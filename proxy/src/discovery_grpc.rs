@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
 
 use crate::Error;
-use crate::discovery::{Discovery, Endpoint, EndpointSet, ProtocolHint};
+use crate::discovery::{Discovery, Endpoint, EndpointSet, ProtocolHint, RouteBackend, Routes};
 
 /// How long the first answer for a target may take before resolution fails.
 const FIRST_ANSWER: Duration = Duration::from_secs(5);
@@ -32,7 +32,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct GrpcDiscovery {
     client: DiscoveryClient<Channel>,
     zone: String,
-    targets: Mutex<HashMap<String, watch::Sender<EndpointSet>>>,
+    targets: Mutex<HashMap<String, Senders>>,
+}
+
+/// What one target's stream publishes.
+#[derive(Clone, Debug)]
+struct Senders {
+    endpoints: watch::Sender<EndpointSet>,
+    routes: watch::Sender<Routes>,
 }
 
 impl GrpcDiscovery {
@@ -50,6 +57,10 @@ impl GrpcDiscovery {
     /// `Some` if the service exists, `None` if discovery does not know it.
     async fn follow(&self, target: &str) -> Result<Option<watch::Receiver<EndpointSet>>, Error> {
         let (tx, rx) = watch::channel(EndpointSet::default());
+        let tx = Senders {
+            endpoints: tx,
+            routes: watch::Sender::new(Routes::default()),
+        };
         let (first_tx, first_rx) = oneshot::channel();
         let stream = Stream {
             client: self.client.clone(),
@@ -85,13 +96,18 @@ impl Discovery for GrpcDiscovery {
         Box::pin(async move {
             {
                 let mut targets = self.targets.lock();
-                targets.retain(|_, tx| !tx.is_closed());
+                targets.retain(|_, tx| !tx.endpoints.is_closed());
                 if let Some(tx) = targets.get(target) {
-                    return Ok(Some(tx.subscribe()));
+                    return Ok(Some(tx.endpoints.subscribe()));
                 }
             }
             self.follow(target).await
         })
+    }
+
+    fn routes(&self, target: &str) -> Option<watch::Receiver<Routes>> {
+        let targets = self.targets.lock();
+        targets.get(target).map(|tx| tx.routes.subscribe())
     }
 }
 
@@ -99,7 +115,7 @@ impl Discovery for GrpcDiscovery {
 struct Stream {
     client: DiscoveryClient<Channel>,
     request: WatchRequest,
-    tx: watch::Sender<EndpointSet>,
+    tx: Senders,
 }
 
 /// The first answer: whether the service exists, or why the stream failed.
@@ -124,7 +140,7 @@ impl Stream {
             let delay = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.tx.closed() => return,
+                () = self.tx.endpoints.closed() => return,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -137,16 +153,27 @@ impl Stream {
         loop {
             let update = tokio::select! {
                 update = updates.message() => update?,
-                () = self.tx.closed() => return Ok(()),
+                () = self.tx.endpoints.closed() => return Ok(()),
             };
             let Some(kind) = update.and_then(|u| u.kind) else {
                 return Ok(());
             };
+            if let Some(routes) = routes_of(&kind) {
+                self.tx.routes.send_if_modified(|cur| {
+                    let changed = **cur != routes;
+                    *cur = Arc::new(routes);
+                    changed
+                });
+                if matches!(kind, Kind::Routes(_)) {
+                    continue;
+                }
+            }
             let exists = apply(&mut state, kind, &self.request.target);
             if let Some(first) = first.take() {
                 let _ = first.send(Ok(exists));
             }
             self.tx
+                .endpoints
                 .send_replace(Arc::new(state.values().cloned().collect()));
         }
     }
@@ -170,10 +197,32 @@ fn apply(state: &mut BTreeMap<String, Endpoint>, kind: Kind, target: &str) -> bo
             state.clear();
             return false;
         }
-        // Routes are the failover issue's; endpoints are unaffected.
+        // Routes are followed by `routes_of`; endpoints are unaffected.
         Kind::Routes(_) => {}
     }
     true
+}
+
+/// The routes an update sets: a snapshot's (none means none) or a `Routes`
+/// update's; `None` for updates that leave routes alone.
+fn routes_of(kind: &Kind) -> Option<Vec<RouteBackend>> {
+    let routes = match kind {
+        Kind::Snapshot(snapshot) => snapshot.routes.as_ref(),
+        Kind::Routes(routes) => Some(routes),
+        Kind::NoSuchService(_) => None,
+        Kind::Add(_) | Kind::Remove(_) => return None,
+    };
+    Some(
+        routes
+            .into_iter()
+            .flat_map(|r| &r.backends)
+            .map(|b| RouteBackend {
+                authority: b.authority.clone(),
+                weight: b.weight,
+                priority: b.priority,
+            })
+            .collect(),
+    )
 }
 
 fn insert(state: &mut BTreeMap<String, Endpoint>, endpoints: Vec<proto::Endpoint>, target: &str) {
@@ -267,6 +316,37 @@ mod tests {
             "t"
         ));
         assert!(state.is_empty());
+    }
+
+    #[test]
+    fn routes_come_from_snapshots_and_routes_updates_only() {
+        let backend = proto::Backend {
+            authority: "b.ns.svc.cluster.local:80".into(),
+            weight: 80,
+            priority: 1,
+        };
+        let routes = proto::Routes {
+            backends: vec![backend],
+        };
+        let want = vec![RouteBackend {
+            authority: "b.ns.svc.cluster.local:80".into(),
+            weight: 80,
+            priority: 1,
+        }];
+        assert_eq!(routes_of(&Kind::Routes(routes.clone())), Some(want.clone()));
+        let snap = |routes| {
+            Kind::Snapshot(Snapshot {
+                endpoints: vec![],
+                routes,
+            })
+        };
+        assert_eq!(routes_of(&snap(Some(routes))), Some(want));
+        assert_eq!(routes_of(&snap(None)), Some(vec![]));
+        assert_eq!(
+            routes_of(&Kind::NoSuchService(NoSuchService {})),
+            Some(vec![])
+        );
+        assert_eq!(routes_of(&Kind::Add(ProtoSet { endpoints: vec![] })), None);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! other long-running components reuse its identity and admin pieces.
 //!
 //! A connection walks one stage per module: [`accept`] → TLS ([`tls`], via
-//! [`inbound`]) → [`detect`] → [`route`] (with [`discovery`]) → [`balance`] →
-//! [`forward`].
+//! [`inbound`]) → [`detect`] → [`route`] (with [`discovery`] and [`split`]) →
+//! [`balance`] → [`forward`] (with [`retry`]).
 
 pub mod accept;
 pub mod admin;
@@ -23,7 +23,9 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pki;
+pub mod retry;
 pub mod route;
+pub mod split;
 pub mod tls;
 
 pub use error::Error;

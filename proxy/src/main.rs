@@ -18,6 +18,7 @@ use proxy::forward::connect::Connector;
 use proxy::inbound::Inbound;
 use proxy::metrics::Metrics;
 use proxy::outbound::Outbound;
+use proxy::retry::Failover;
 use proxy::route::Router;
 use proxy::tls;
 use tokio::net::TcpListener;
@@ -66,7 +67,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let router = Arc::new(
         Router::new(discovery, connector, config.balance, 1)
-            .with_tier_metrics(Arc::new(tier_metrics)),
+            .with_tier_metrics(Arc::new(tier_metrics))
+            .with_failover(Failover::new(config.failover_fast_path)),
     );
     let inbound = Inbound::new(
         config.inbound,

@@ -86,7 +86,11 @@ impl Outbound {
     async fn connection(&self, stream: TcpStream, drain: Drain) -> Result<(), Error> {
         let (name, port) = self.target_of(&stream)?;
         let (protocol, io) = self.config.detect.run(stream, port).await?;
-        let target = self.route(&name).await?;
+        let mut target = self.route(&name).await?;
+        if !protocol.is_http() {
+            // HTTP chooses a split backend per request; opaque once per connection.
+            target = target.route().await?;
+        }
         if !protocol.is_http() && target.balancer.endpoints().is_empty() {
             // An opaque client cannot be told "unavailable": reset, so it fails at
             // once instead of reading what looks like an orderly end of stream.

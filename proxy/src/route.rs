@@ -1,6 +1,7 @@
 //! Routing: from a target authority to a [`Target`], the balancer over that
-//! target's endpoints. Balancers are cached per target so upstream connection
-//! pools and load estimates survive across client connections.
+//! target's endpoints (and, when discovery has routes for it, the [`Split`] over
+//! its backends). Balancers are cached per target so upstream connection pools
+//! and load estimates survive across client connections.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,8 @@ use crate::balance::{BalanceConfig, Balancer};
 use crate::discovery::{Discovery, Endpoint};
 use crate::forward::connect::Connector;
 use crate::forward::http::EndpointService;
+use crate::retry::Failover;
+use crate::split::{BuildTarget, Split};
 
 /// How many targets keep a cached balancer; beyond this, balancers are per use.
 const MAX_CACHED: usize = 10_000;
@@ -24,6 +27,21 @@ pub struct Target {
     pub name: String,
     /// The endpoints.
     pub balancer: Balancer<EndpointService>,
+    /// The traffic split, when discovery has routes for the target.
+    pub split: Option<Split>,
+    /// The proxy's failover state (dead endpoints, retry budget).
+    pub failover: Arc<Failover>,
+}
+
+impl Target {
+    /// Where one request or connection goes: a backend of the split, or this
+    /// target itself when it has no routes.
+    pub async fn route(self: &Arc<Self>) -> Result<Arc<Target>, Error> {
+        match &self.split {
+            Some(split) => Ok(split.choose().await?.unwrap_or_else(|| self.clone())),
+            None => Ok(self.clone()),
+        }
+    }
 }
 
 /// Resolves targets through discovery and builds their balancers.
@@ -32,6 +50,7 @@ pub struct Router {
     connector: Connector,
     balance: BalanceConfig,
     hop: u8,
+    failover: Arc<Failover>,
     cache: Mutex<HashMap<String, Arc<Target>>>,
     tier_metrics: Option<Arc<TierMetrics>>,
 }
@@ -55,6 +74,7 @@ impl Router {
             connector,
             balance,
             hop,
+            failover: Arc::default(),
             cache: Mutex::new(HashMap::new()),
             tier_metrics: None,
         }
@@ -63,6 +83,12 @@ impl Router {
     /// Counts the picks of resolved targets' balancers in `metrics`.
     pub fn with_tier_metrics(mut self, metrics: Arc<TierMetrics>) -> Self {
         self.tier_metrics = Some(metrics);
+        self
+    }
+
+    /// Sets the failover fast path (on by default).
+    pub fn with_failover(mut self, failover: Failover) -> Self {
+        self.failover = Arc::new(failover);
         self
     }
 
@@ -84,6 +110,14 @@ impl Router {
         if let (Some(m), Some(t)) = (&self.tier_metrics, Arc::get_mut(&mut target)) {
             t.balancer.observe(m.clone(), name);
         }
+        if let (Some(routes), Some(t)) = (self.discovery.routes(name), Arc::get_mut(&mut target)) {
+            t.split = Some(Split::new(
+                routes,
+                self.discovery.clone(),
+                self.builder(self.tier_metrics.clone()),
+                self.failover.clone(),
+            ));
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() < MAX_CACHED {
             return Ok(Some(
@@ -104,13 +138,28 @@ impl Router {
         name: &str,
         rx: watch::Receiver<crate::discovery::EndpointSet>,
     ) -> Arc<Target> {
-        let connector = self.connector.clone();
-        let hop = self.hop;
-        Arc::new(Target {
-            name: name.to_string(),
-            balancer: Balancer::new(rx, self.balance, move |ep| {
+        (self.builder(None))(name, rx)
+    }
+
+    /// Builds targets without routes (a split's backends are plain targets),
+    /// counting their balancers' picks in `metrics` if given.
+    fn builder(&self, metrics: Option<Arc<TierMetrics>>) -> BuildTarget {
+        let (connector, balance, hop) = (self.connector.clone(), self.balance, self.hop);
+        let failover = self.failover.clone();
+        Arc::new(move |name, rx| {
+            let connector = connector.clone();
+            let mut balancer = Balancer::new(rx, balance, move |ep| {
                 EndpointService::new(ep, &connector, hop)
-            }),
+            });
+            if let Some(m) = &metrics {
+                balancer.observe(m.clone(), name);
+            }
+            Arc::new(Target {
+                name: name.to_string(),
+                balancer,
+                split: None,
+                failover: failover.clone(),
+            })
         })
     }
 }

@@ -26,19 +26,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// `MESHLINK_REGENERATE_CRDS=1 cargo test -p api crd_yaml`.
 #[test]
 fn crd_yaml_matches_types() {
-    let generated = format!(
-        "# Generated from api::link::Link; do not edit.\n{}",
-        serde_yaml_ng::to_string(&Link::crd()).unwrap()
-    );
-    if std::env::var_os("MESHLINK_REGENERATE_CRDS").is_some() {
-        std::fs::create_dir_all(std::path::Path::new(CRD_PATH).parent().unwrap()).unwrap();
-        std::fs::write(CRD_PATH, &generated).unwrap();
-    }
-    let checked_in = std::fs::read_to_string(CRD_PATH).unwrap_or_default();
-    assert!(
-        checked_in == generated,
-        "{CRD_PATH} is stale: run MESHLINK_REGENERATE_CRDS=1 cargo test -p api crd_yaml"
-    );
+    crate::check_crd_yaml(CRD_PATH, "api::link::Link", &Link::crd());
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use api::discovery::discovery_server::{Discovery, DiscoveryServer};
 use api::discovery::{
-    AddressSet, EndpointSet, NoSuchService, Snapshot, Update, WatchRequest, update,
+    AddressSet, EndpointSet, NoSuchService, Routes, Snapshot, Update, WatchRequest, update,
 };
 use futures::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
@@ -26,6 +26,11 @@ pub trait Resolve: Send + Sync + 'static {
         target: &str,
         zone: &str,
     ) -> Result<watch::Receiver<Arc<Destination>>, String>;
+
+    /// The target's TrafficSplit routes, if this resolver knows routes.
+    fn routes(&self, _target: &str) -> Option<watch::Receiver<Arc<Routes>>> {
+        None
+    }
 }
 
 /// Discovery metrics.
@@ -90,7 +95,8 @@ impl<R: Resolve> Discovery for Service<R> {
         tracing::debug!(%target, %zone, "subscribed");
         let guard = SubscriberGuard::new(&self.metrics);
         let mut shutdown = self.shutdown.clone();
-        let stream = updates(rx)
+        let routes = self.resolver.routes(&target);
+        let stream = with_routes(updates(rx), routes)
             .inspect(move |_| guard.sent())
             .map(Ok)
             .take_until(async move { shutdown.wait_for(|stop| *stop).await.map(drop) });
@@ -132,6 +138,47 @@ pub fn updates(rx: watch::Receiver<Arc<Destination>>) -> impl Stream<Item = Upda
         },
     )
     .flatten()
+}
+
+/// `updates` with the target's routes: every snapshot carries the current
+/// routes, and each later change of them is a `Routes` update.
+pub fn with_routes(
+    updates: impl Stream<Item = Update> + Send + 'static,
+    routes: Option<watch::Receiver<Arc<Routes>>>,
+) -> Pin<Box<dyn Stream<Item = Update> + Send>> {
+    let Some(routes) = routes else {
+        return Box::pin(updates);
+    };
+    let mut changes = routes.clone();
+    changes.mark_unchanged();
+    let changes = futures::stream::unfold(changes, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let routes = (**rx.borrow_and_update()).clone();
+        Some((
+            Update {
+                kind: Some(update::Kind::Routes(routes)),
+            },
+            rx,
+        ))
+    });
+    let updates = updates.map(move |mut u| {
+        if let Some(update::Kind::Snapshot(snapshot)) = &mut u.kind {
+            let current = routes.borrow();
+            snapshot.routes = (!current.backends.is_empty()).then(|| (**current).clone());
+        }
+        u
+    });
+    // The endpoint stream ends the merged one (its source is gone).
+    Box::pin(
+        futures::stream::select(
+            updates
+                .map(Some)
+                .chain(futures::stream::once(async { None })),
+            changes.map(Some),
+        )
+        .take_while(|u| std::future::ready(u.is_some()))
+        .filter_map(std::future::ready),
+    )
 }
 
 /// The updates that take a proxy holding `prev` to `cur`.
@@ -233,6 +280,29 @@ mod tests {
     fn a_service_coming_back_is_a_fresh_snapshot() {
         let got = kinds(diff(Some(&Destination::NoSuchService), &eps(&[("a:1", 0)])));
         assert!(matches!(&got[..], [update::Kind::Snapshot(_)]));
+    }
+
+    #[tokio::test]
+    async fn routes_ride_on_snapshots_and_changes() {
+        let (_tx, rx) = watch::channel(Arc::new(eps(&[("a:1", 0)])));
+        let backend = |w| Routes {
+            backends: vec![api::discovery::Backend {
+                authority: "b.ns.svc.cluster.local:80".into(),
+                weight: w,
+                priority: 1,
+            }],
+        };
+        let (routes_tx, routes_rx) = watch::channel(Arc::new(backend(100)));
+        let mut stream = with_routes(updates(rx), Some(routes_rx));
+        let Some(update::Kind::Snapshot(snap)) = stream.next().await.and_then(|u| u.kind) else {
+            panic!("expected a snapshot")
+        };
+        assert_eq!(snap.routes, Some(backend(100)));
+        routes_tx.send_replace(Arc::new(backend(0)));
+        let Some(update::Kind::Routes(r)) = stream.next().await.and_then(|u| u.kind) else {
+            panic!("expected routes")
+        };
+        assert_eq!(r, backend(0));
     }
 
     #[tokio::test]

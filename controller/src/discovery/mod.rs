@@ -6,6 +6,7 @@
 pub mod grpc;
 pub mod index;
 pub mod k8s;
+pub mod routes;
 pub mod target;
 pub mod tiers;
 
@@ -16,11 +17,13 @@ use tonic::transport::server::TcpIncoming;
 
 use index::Index;
 use k8s::SharedIndex;
+use routes::{RoutesIndex, SharedRoutes, WithRoutes};
 
 /// A running discovery index for one cluster, ready to be served.
 #[derive(Debug)]
 pub struct Discovery {
     index: SharedIndex,
+    routes: SharedRoutes,
     metrics: grpc::Metrics,
     ready: watch::Receiver<bool>,
 }
@@ -38,7 +41,19 @@ impl Discovery {
         registry: &mut Registry,
     ) -> Self {
         let index = SharedIndex::new(Index::new(cluster, domain));
+        let routes = SharedRoutes::new(RoutesIndex::new(domain));
         let watch_metrics = k8s::Metrics::register(registry);
+        let split_restarts = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "split_watch_restarts",
+            "TrafficSplit watches restarted after an error",
+            split_restarts.clone(),
+        );
+        tokio::spawn(routes::watch_splits(
+            client.clone(),
+            routes.clone(),
+            split_restarts,
+        ));
         let (services_tx, services_ready) = watch::channel(false);
         let (slices_tx, slices_ready) = watch::channel(false);
         let (namespaces_tx, namespaces_ready) = watch::channel(false);
@@ -81,6 +96,7 @@ impl Discovery {
         });
         Self {
             index,
+            routes,
             metrics: grpc::Metrics::register(registry),
             ready,
         }
@@ -98,7 +114,11 @@ impl Discovery {
         listener: TcpListener,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), tonic::transport::Error> {
-        let service = grpc::Service::new(self.index, self.metrics, shutdown.clone());
+        let resolver = WithRoutes {
+            endpoints: self.index,
+            routes: self.routes,
+        };
+        let service = grpc::Service::new(resolver, self.metrics, shutdown.clone());
         let mut stop = shutdown;
         tonic::transport::Server::builder()
             .add_service(service)

@@ -15,7 +15,7 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,8 +25,10 @@ use super::ForwardContext;
 use super::connect::{Connector, Upstream};
 use crate::Error;
 use crate::accept::Drain;
+use crate::balance::Pick;
 use crate::detect::Protocol;
 use crate::discovery::Endpoint;
+use crate::retry;
 use crate::route::Target;
 
 /// The response body type of the proxy's HTTP service.
@@ -74,8 +76,8 @@ impl tower_service::Service<Uri> for EndpointConnect {
 /// connector for opaque sessions.
 #[derive(Debug)]
 pub struct EndpointService {
-    h1: Client<EndpointConnect, Incoming>,
-    h2: Client<EndpointConnect, Incoming>,
+    h1: Client<EndpointConnect, ProxyBody>,
+    h2: Client<EndpointConnect, ProxyBody>,
     opaque: EndpointConnect,
 }
 
@@ -150,38 +152,128 @@ where
 async fn proxy_request(
     mut req: Request<Incoming>,
     protocol: Protocol,
-    target: &Target,
+    target: &Arc<Target>,
     ctx: &ForwardContext,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let labels = ctx.metrics.request(ctx.listener, &target.name);
-    let Some(pick) = target.balancer.pick() else {
-        ctx.metrics.response(&labels, Some(503), start.elapsed());
-        return status(StatusCode::SERVICE_UNAVAILABLE);
-    };
     match absolute_uri(&req, &target.name) {
         Ok(uri) => *req.uri_mut() = uri,
         Err(()) => return status(StatusCode::BAD_REQUEST),
     }
+    let failover = &target.failover;
+    failover.deposit();
+    // An idempotent request without a body can be sent again as it is.
+    let again =
+        (retry::is_idempotent(req.method()) && req.body().is_end_stream()).then(|| copy_of(&req));
+    let mut outcome = send(req.map(BodyExt::boxed), protocol, target).await;
+    // One more try after a failure; a refused connection (nothing was sent) may
+    // try up to MAX_ATTEMPTS, so a chain with several dead tiers still serves.
+    let mut attempts = 1;
+    while let (Err(Failed::Upstream { connect, .. }), Some(template)) = (&outcome, &again) {
+        let allowed = attempts < MAX_ATTEMPTS && (*connect || attempts == 1);
+        if !allowed || !failover.withdraw() {
+            break;
+        }
+        attempts += 1;
+        outcome = send(copy_of(template), protocol, target).await;
+    }
+    match outcome {
+        Ok(rsp) => {
+            ctx.metrics
+                .response(&labels, Some(rsp.status().as_u16()), start.elapsed());
+            rsp.map(|b| b.boxed())
+        }
+        Err(Failed::NoEndpoints) => {
+            ctx.metrics.response(&labels, Some(503), start.elapsed());
+            status(StatusCode::SERVICE_UNAVAILABLE)
+        }
+        Err(Failed::Upstream { error, .. }) => {
+            tracing::info!(target = %target.name, %error, "upstream request failed");
+            ctx.metrics.response(&labels, None, start.elapsed());
+            status(StatusCode::BAD_GATEWAY)
+        }
+    }
+}
+
+/// How many times one request may be sent, retries included.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Why a request got no upstream response.
+enum Failed {
+    NoEndpoints,
+    /// The upstream failed; `connect` when no connection could be made, so the
+    /// request was never sent.
+    Upstream {
+        error: String,
+        connect: bool,
+    },
+}
+
+/// A bodiless copy of `req` (method, URI, version, headers).
+fn copy_of<B>(req: &Request<B>) -> Request<ProxyBody> {
+    let mut copy = Request::new(empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Sends `req` to an endpoint of the backend `target` routes it to, marking the
+/// endpoint dead or alive by the outcome.
+async fn send(
+    req: Request<ProxyBody>,
+    protocol: Protocol,
+    target: &Arc<Target>,
+) -> Result<Response<Incoming>, Failed> {
+    let backend = target.route().await.map_err(|e| Failed::Upstream {
+        error: e.to_string(),
+        connect: false,
+    })?;
+    let Some(pick) = pick_live(&backend) else {
+        return Err(Failed::NoEndpoints);
+    };
     let svc = pick.service();
     let client = if protocol == Protocol::Http2 {
         &svc.h2
     } else {
         &svc.h1
     };
+    let addr = pick.endpoint().addr;
+    let started = Instant::now();
     match client.request(req).await {
         Ok(rsp) => {
             pick.record();
-            ctx.metrics
-                .response(&labels, Some(rsp.status().as_u16()), start.elapsed());
-            rsp.map(|b| b.boxed())
+            target.failover.succeeded(addr, started);
+            Ok(rsp)
         }
         Err(error) => {
-            tracing::info!(target = %target.name, endpoint = %pick.endpoint().addr, %error, "upstream request failed");
-            ctx.metrics.response(&labels, None, start.elapsed());
-            status(StatusCode::BAD_GATEWAY)
+            target.failover.failed(addr);
+            Err(Failed::Upstream {
+                connect: error.is_connect(),
+                error: format!("{addr}: {error}"),
+            })
         }
     }
+}
+
+/// A pick that avoids endpoints marked dead when a few draws allow it.
+fn pick_live(target: &Target) -> Option<Pick<EndpointService>> {
+    let mut pick = target.balancer.pick()?;
+    for _ in 0..3 {
+        if !target.failover.is_dead(pick.endpoint().addr) {
+            break;
+        }
+        pick = target.balancer.pick()?;
+    }
+    Some(pick)
+}
+
+fn empty() -> ProxyBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The pooled client needs an absolute URI; keep the app's authority (Host or
@@ -204,11 +296,7 @@ fn absolute_uri(req: &Request<Incoming>, fallback: &str) -> Result<Uri, ()> {
 }
 
 fn status(code: StatusCode) -> Response<ProxyBody> {
-    let mut rsp = Response::new(
-        Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut rsp = Response::new(empty());
     *rsp.status_mut() = code;
     rsp
 }

@@ -23,13 +23,16 @@ where
         ctx.metrics.tcp_close(ctx.listener, 0, 0);
         return Err(Error::NoEndpoints(target.name.clone()));
     };
+    let started = Instant::now();
     let upstream = match pick.service().opaque().open().await {
         Ok(upstream) => upstream,
         Err(error) => {
+            target.failover.failed(pick.endpoint().addr);
             ctx.metrics.tcp_close(ctx.listener, 0, 0);
             return Err(error);
         }
     };
+    target.failover.succeeded(pick.endpoint().addr, started);
     pick.record();
     let epoch = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));

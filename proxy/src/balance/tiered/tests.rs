@@ -47,9 +47,19 @@ impl Sim {
         }
     }
 
+    /// Holds `n` more (or with `start` false, `n` fewer) long requests in
+    /// flight on the endpoint with port `port`.
+    fn hold(&self, port: u16, n: usize, start: bool) {
+        let slot = self.slots.iter().find(|s| s.endpoint.addr.port() == port);
+        for _ in 0..n {
+            let load = &slot.expect("port").load;
+            if start { load.start() } else { load.end() }
+        }
+    }
+
     /// Sends `n` sequential requests, one per millisecond, answered after
-    /// `latency(tier)`; returns how many went to each tier.
-    fn run(&mut self, n: usize, latency: impl Fn(u32) -> Duration) -> [usize; 3] {
+    /// `latency(endpoint)`; returns how many went to each tier.
+    fn run(&mut self, n: usize, latency: impl Fn(&Endpoint) -> Duration) -> [usize; 3] {
         let mut counts = [0; 3];
         for _ in 0..n {
             self.now += MS;
@@ -62,20 +72,20 @@ impl Sim {
             )
             .expect("endpoints");
             let tier = slot.endpoint.tier;
-            slot.load.observe(latency(tier), self.now);
+            slot.load.observe(latency(&slot.endpoint), self.now);
             counts[tier as usize] += 1;
         }
         counts
     }
 }
 
-fn even(_: u32) -> Duration {
+fn even(_: &Endpoint) -> Duration {
     MS
 }
 
 /// Tier 0 `slow`× slower than the others.
-fn slowed(slow: u32) -> impl Fn(u32) -> Duration {
-    move |tier| if tier == 0 { slow * MS } else { MS }
+fn slowed(slow: u32) -> impl Fn(&Endpoint) -> Duration {
+    move |ep| if ep.tier == 0 { slow * MS } else { MS }
 }
 
 #[test]
@@ -94,19 +104,25 @@ fn an_empty_cheapest_tier_means_the_next_at_once() {
 }
 
 #[test]
-fn a_moderate_slowdown_phases_the_next_tier_in_gradually_and_out_again() {
+fn moderate_overload_phases_the_next_tier_in_gradually_and_out_again() {
     let mut sim = Sim::new(&[2, 4, 2], Policy::Tiered);
     sim.run(1000, even);
-    // 12× slower: past the high-water mark (8) but not saturated (16).
-    let first = sim.run(200, slowed(12));
-    let later = sim.run(2000, slowed(12));
+    // Long requests held on tier 0: 13 and 5 in flight make its load 10, past
+    // the high-water mark (8), while the better endpoint's (6) is not, so
+    // picks do not overflow: the next tier comes in by the ramp alone.
+    sim.hold(1, 13, true);
+    sim.hold(2, 5, true);
+    let first = sim.run(200, even);
+    let later = sim.run(2000, even);
     let share = |c: [usize; 3]| c[1] as f64 / c.iter().sum::<usize>() as f64;
     assert!(share(first) < 0.25, "phased in by weight: {first:?}");
     assert!(share(later) > 0.6, "then widely used: {later:?}");
     assert_eq!(later[2], 0, "the third tier is not needed: {later:?}");
     assert_eq!(sim.reach.active_tiers(), 2, "{:?}", sim.reach);
 
-    // The slowdown ends: back in-zone within a few ramps.
+    // The overload ends: back in-zone within a few ramps.
+    sim.hold(1, 13, false);
+    sim.hold(2, 5, false);
     sim.run(3000, even);
     assert_eq!(sim.run(5000, even), [5000, 0, 0]);
 }
@@ -132,7 +148,7 @@ fn load_between_the_marks_keeps_the_reach() {
             t.load.observe(6 * MS, sim.now);
         }
     }
-    sim.run(3000, |tier| if tier == 0 { 6 * MS } else { MS });
+    sim.run(3000, |ep| if ep.tier == 0 { 6 * MS } else { MS });
     assert_eq!(sim.reach.reach, r);
 }
 
