@@ -5,3 +5,4 @@
 
 pub mod discovery;
 pub mod failover;
+pub mod watch_errors;

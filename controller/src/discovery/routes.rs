@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use super::grpc::Resolve;
 use super::index::{Destination, ServiceKey};
 use super::target::Target;
+use crate::watch_errors::WatchErrors;
 
 /// The routes of every root Service that has a TrafficSplit.
 #[derive(Debug)]
@@ -227,7 +228,11 @@ pub async fn watch_splits(
         watcher(Api::<TrafficSplit>::all(client), watcher::Config::default()).default_backoff(),
     );
     let mut listing = Vec::new();
+    let mut errors = WatchErrors::new("TrafficSplit");
     while let Some(event) = events.next().await {
+        if event.is_ok() {
+            errors.ok();
+        }
         match event {
             Ok(Event::Init) => listing.clear(),
             Ok(Event::InitApply(split)) => listing.push(split),
@@ -236,7 +241,7 @@ pub async fn watch_splits(
             Ok(Event::Delete(split)) => routes.0.lock().delete(&split),
             Err(error) => {
                 restarts.inc();
-                tracing::warn!(%error, "TrafficSplit watch failed; retrying with backoff");
+                errors.failed(&error);
             }
         }
     }

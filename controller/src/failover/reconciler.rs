@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use super::Metrics;
 use super::decide::{self, HoldDown};
+use crate::watch_errors::WatchErrors;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -83,8 +84,18 @@ pub async fn run(
     .default_backoff()
     .reflect(slices_w);
     let tasks = [
-        tokio::spawn(drive(split_events, wake.clone(), metrics.clone())),
-        tokio::spawn(drive(slice_events, wake.clone(), metrics.clone())),
+        tokio::spawn(drive(
+            "TrafficSplit",
+            split_events,
+            wake.clone(),
+            metrics.clone(),
+        )),
+        tokio::spawn(drive(
+            "EndpointSlice",
+            slice_events,
+            wake.clone(),
+            metrics.clone(),
+        )),
     ];
     let recorder = Recorder::new(
         client.clone(),
@@ -132,17 +143,22 @@ pub async fn run(
 
 /// Consumes a reflector's stream, waking the pass on every event.
 async fn drive<K>(
+    kind: &'static str,
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     wake: Arc<Notify>,
     metrics: Metrics,
 ) {
     let mut events = std::pin::pin!(events);
+    let mut errors = WatchErrors::new(kind);
     while let Some(event) = events.next().await {
         match event {
-            Ok(_) => wake.notify_one(),
+            Ok(_) => {
+                errors.ok();
+                wake.notify_one();
+            }
             Err(error) => {
                 metrics.watch_restarts.inc();
-                tracing::warn!(%error, "failover watch failed; retrying with backoff");
+                errors.failed(&error);
             }
         }
     }

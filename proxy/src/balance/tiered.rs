@@ -5,7 +5,9 @@
 //! phased in by weight over [`TierConfig::ramp`], and phased out again once the
 //! load falls below the low-water mark. A pick whose best candidate is itself
 //! saturated (past twice the high-water mark) overflows to the next tier at
-//! once, so a tier in trouble gets relief before the ramp catches up.
+//! once, so a tier in trouble gets relief before the ramp catches up. A tier
+//! is only used if it can relieve the cheaper ones (not tried yet, or less
+//! loaded), so slowness everywhere alike does not move traffic across zones.
 //!
 //! Load is counted in in-flight equivalents: `(in flight + 1) × mean RTT /
 //! reference RTT`, where the reference is the lowest latency floor among all the
@@ -100,7 +102,14 @@ pub(super) fn choose<T>(
             let reference = reference_rtt(slots);
             // The load of the tiers cheaper than tier `j`.
             let below = |j: usize| mean_load(&slots[..ends[j - 1]], reference);
-            reach.update(below, last, config, now);
+            // Whether tier `j` can relieve those: not tried yet, or less loaded.
+            // (When every zone is slow alike, widening buys nothing.)
+            let relieves = |j: usize| {
+                let tier = &slots[ends[j - 1]..ends[j]];
+                let tried = tier.iter().any(|s| s.load.mean_and_floor().is_some());
+                !tried || mean_load(tier, reference) < below(j)
+            };
+            reach.update(below, relieves, last, config, now);
             let base = reach.reach.floor() as usize;
             let partial = reach.reach - base as f64;
             let level = if base < last && rng.random_bool(partial.clamp(0.0, 1.0)) {
@@ -109,7 +118,10 @@ pub(super) fn choose<T>(
                 base
             };
             let pick = p2c(&slots[..ends[level]], now, rng)?;
-            if level < last && load_of(&pick, reference) > SATURATED * config.high_water {
+            if level < last
+                && load_of(&pick, reference) > SATURATED * config.high_water
+                && relieves(level + 1)
+            {
                 return p2c(&slots[..ends[level + 1]], now, rng);
             }
             Some(pick)
@@ -119,11 +131,13 @@ pub(super) fn choose<T>(
 
 impl Reach {
     /// Moves the reach by the time since the last pick: out while the tiers
-    /// in full use are past the high-water mark, back while the tiers before
-    /// the last one in use are below the low-water mark.
+    /// in full use are past the high-water mark and the next one relieves
+    /// them, back while the tiers before the last one in use are below the
+    /// low-water mark or that last one does not relieve them.
     fn update(
         &mut self,
         below: impl Fn(usize) -> f64,
+        relieves: impl Fn(usize) -> bool,
         last: usize,
         config: &TierConfig,
         now: Instant,
@@ -137,9 +151,12 @@ impl Reach {
         self.reach = self.reach.min(last as f64);
         let outer = self.reach.ceil() as usize;
         self.load = below(self.reach.floor() as usize + 1);
-        if outer > 0 && below(outer) < config.low_water {
+        if outer > 0 && (below(outer) < config.low_water || !relieves(outer)) {
             self.reach = (self.reach - step).max(0.0);
-        } else if self.reach < last as f64 && self.load > config.high_water {
+        } else if self.reach < last as f64
+            && self.load > config.high_water
+            && relieves(self.reach.floor() as usize + 1)
+        {
             self.reach = (self.reach + step).min(last as f64);
         }
         // Steps add up with rounding errors; a tier is either in or not.

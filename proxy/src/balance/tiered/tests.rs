@@ -136,6 +136,16 @@ fn a_saturated_tier_overflows_per_request() {
 }
 
 #[test]
+fn slowness_everywhere_alike_does_not_keep_traffic_away() {
+    let mut sim = Sim::new(&[2, 4], Policy::Tiered);
+    sim.run(1000, even);
+    // Every endpoint 30× slower (a machine-wide stall): the next tier is tried
+    // once, found no better, and traffic stays home.
+    sim.run(1000, |_| 30 * MS);
+    assert_eq!(sim.run(2000, |_| 30 * MS), [2000, 0, 0]);
+}
+
+#[test]
 fn load_between_the_marks_keeps_the_reach() {
     let mut sim = Sim::new(&[2, 4], Policy::Tiered);
     sim.run(1000, even);

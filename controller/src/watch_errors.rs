@@ -1,0 +1,92 @@
+//! Logging of watch failures that does not flood: a resource type the cluster
+//! does not serve (its CRD is not installed) is reported once and then retried
+//! quietly, while every other failure is a warning each time.
+
+use kube::runtime::watcher;
+
+/// The logging state of one watch.
+#[derive(Debug)]
+pub struct WatchErrors {
+    kind: &'static str,
+    missing: bool,
+}
+
+impl WatchErrors {
+    /// For a watch of `kind` (e.g. `"TrafficSplit"`).
+    pub fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            missing: false,
+        }
+    }
+
+    /// Records an event: once the type is served again, says so.
+    pub fn ok(&mut self) {
+        if std::mem::take(&mut self.missing) {
+            tracing::info!(kind = self.kind, "resource type is served now; watching it");
+        }
+    }
+
+    /// Logs a failed watch attempt (the watcher retries it with backoff).
+    pub fn failed(&mut self, error: &watcher::Error) {
+        if !is_not_served(error) {
+            tracing::warn!(kind = self.kind, %error, "watch failed; retrying with backoff");
+        } else if !std::mem::replace(&mut self.missing, true) {
+            tracing::warn!(
+                kind = self.kind,
+                "the cluster does not serve this resource type (is its CRD installed?); \
+                 retrying quietly until it does"
+            );
+        } else {
+            tracing::debug!(kind = self.kind, %error, "resource type still not served");
+        }
+    }
+}
+
+/// Whether the apiserver answered 404 for the resource type itself.
+fn is_not_served(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.is_not_found(),
+        watcher::Error::WatchError(status) => status.is_not_found(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(reason: &str, code: u16) -> kube::Error {
+        let status =
+            kube::core::Status::failure("the server could not find it", reason).with_code(code);
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn a_missing_type_is_reported_once_until_it_is_served() {
+        let mut errors = WatchErrors::new("TrafficSplit");
+        errors.failed(&watcher::Error::InitialListFailed(api_error(
+            "NotFound", 404,
+        )));
+        assert!(errors.missing);
+        errors.failed(&watcher::Error::InitialListFailed(api_error(
+            "NotFound", 404,
+        )));
+        assert!(errors.missing);
+        errors.ok();
+        assert!(!errors.missing);
+    }
+
+    #[test]
+    fn other_failures_are_not_taken_for_a_missing_type() {
+        let mut errors = WatchErrors::new("TrafficSplit");
+        errors.failed(&watcher::Error::InitialListFailed(api_error(
+            "Forbidden",
+            403,
+        )));
+        errors.failed(&watcher::Error::NoResourceVersion);
+        assert!(!errors.missing);
+    }
+}
