@@ -16,6 +16,11 @@ echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy (warnings are errors)" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Integration tests start meshlink's binaries (controller, proxy, gateway, mirror,
+# meshlink, demo) as processes; cargo builds a package's binaries only for that
+# package's own integration tests, so build them all first.
+echo "==> cargo build --bins" >&2
+cargo build --workspace --bins --locked
 echo "==> cargo test" >&2
 cargo test --workspace --locked --no-fail-fast
 
