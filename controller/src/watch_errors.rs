@@ -43,13 +43,14 @@ impl WatchErrors {
     }
 }
 
-/// Whether the apiserver answered 404 for the resource type itself.
+/// Whether the apiserver answered 404 for the resource type itself (its body is
+/// then a plain "404 page not found", not a Status, so only the code tells).
 fn is_not_served(error: &watcher::Error) -> bool {
     match error {
         watcher::Error::InitialListFailed(kube::Error::Api(status))
         | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.is_not_found(),
-        watcher::Error::WatchError(status) => status.is_not_found(),
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 404,
+        watcher::Error::WatchError(status) => status.code == 404,
         _ => false,
     }
 }
