@@ -124,15 +124,18 @@ impl Outbound {
         }
     }
 
-    /// Discovery's target, else a passthrough to the address itself.
+    /// Discovery's target, else a passthrough to the address itself. A name
+    /// neither discovery nor an address knows is a target without endpoints, so
+    /// HTTP clients get 503 and opaque ones a reset.
     async fn route(&self, name: &str) -> Result<Arc<Target>, Error> {
         if let Some(target) = self.router.resolve(name).await? {
             return Ok(target);
         }
-        let addr: SocketAddr = name
-            .parse()
-            .map_err(|_| Error::NoEndpoints(name.to_string()))?;
-        Ok(self.router.fixed(name, vec![Endpoint::plain(addr)]))
+        let endpoints = match name.parse::<SocketAddr>() {
+            Ok(addr) => vec![Endpoint::plain(addr)],
+            Err(_) => Vec::new(),
+        };
+        Ok(self.router.fixed(name, endpoints))
     }
 }
 

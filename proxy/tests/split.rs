@@ -2,7 +2,8 @@
 //! on loopback: requests split by the routes' weights; when every endpoint of
 //! the weighted backend dies (or is removed), the proxy sends traffic to the next
 //! tier of the chain by itself and retries idempotent requests that failed there,
-//! so clients see no error; with the fast path off they do.
+//! so clients see no error; with the fast path off they do. A root discovery
+//! does not know at all answers 503 rather than closing the connection.
 
 #![allow(clippy::unwrap_used)]
 
@@ -175,6 +176,13 @@ fn failures(counts: &HashMap<String, usize>) -> usize {
         .filter(|(k, _)| !k.starts_with("app-"))
         .map(|(_, v)| v)
         .sum()
+}
+
+#[tokio::test]
+async fn an_unknown_root_answers_503() {
+    let proxy = outbound(Arc::new(StaticDiscovery::new()), true).await;
+    let counts = load(proxy, 20, 4).await;
+    assert_eq!(counts.get("status 503"), Some(&20), "{counts:?}");
 }
 
 #[tokio::test]
