@@ -708,6 +708,11 @@ async fn restart_mid_way_leaves_no_duplicates_and_no_orphans() {
     until_present(&west, "shop", "pens-east").await;
     until_gone(&west, "shop", "maps-east").await;
     assert_eq!(mirror_names(&west).await, ["books-east", "pens-east"]);
+    // The first replica may have crashed before writing a slice: wait for the
+    // second one to have written both, then count.
+    for mirror in ["books-east", "pens-east"] {
+        slice_until(&west, "shop", mirror, "slice after takeover", |_| true).await;
+    }
     let slices: Api<EndpointSlice> = Api::namespaced(west.clone(), "shop");
     let books_slices = slices
         .list(&ListParams::default().labels("kubernetes.io/service-name=books-east"))
