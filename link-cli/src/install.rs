@@ -345,14 +345,24 @@ fn rule(group: &str, resource: &str, verbs: &[&str]) -> Value {
     json!({"apiGroups": [group], "resources": [resource], "verbs": verbs})
 }
 
-/// A (Cluster)RoleBinding of `role` to ServiceAccount `account` in `account_ns`.
-fn role_binding(kind: &str, role: &str, meta: Value, account: &str, account_ns: &str) -> Value {
-    let role_kind = kind.trim_end_matches("Binding");
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_ns}],
-    })
+/// A Role or ClusterRole (`kind`) granting `rules`, and its binding of the same
+/// name to ServiceAccount `account` in `account_ns`; both carry `meta`.
+fn role_and_binding(
+    kind: &str,
+    meta: &Value,
+    rules: Value,
+    account: &str,
+    account_ns: &str,
+) -> [Value; 2] {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta, "rules": rules}),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": format!("{kind}Binding"), "metadata": meta,
+            "roleRef": {"apiGroup": RBAC, "kind": kind, "name": meta["name"]},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_ns}],
+        }),
+    ]
 }
 
 /// The `meshlink` chart's templates.
@@ -366,7 +376,6 @@ fn control_plane(v: &ControlPlane) -> Vec<Value> {
     let name = "meshlink-controller";
     let labels = ctx.labels("controller");
     let selector = ctx.selector("controller");
-    let cluster_meta = json!({"name": name, "labels": labels});
     let mut pod = ctx.pod_spec(name, &selector, &c.node_selector, &c.tolerations);
     let args = vec![
         format!("--cluster-name={}", v.cluster_name),
@@ -383,36 +392,26 @@ fn control_plane(v: &ControlPlane) -> Vec<Value> {
     container["readinessProbe"] = probe("/ready", "admin");
     container["livenessProbe"] = probe("/live", "admin");
     pod["containers"] = json!([container]);
-    let mut objects = vec![
-        ctx.service_account(name, &labels),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta,
-            "rules": [
-                {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": ["get", "list", "watch"]},
-                rule("discovery.k8s.io", "endpointslices", &["get", "list", "watch"]),
-                rule("split.smi-spec.io", "trafficsplits", &["get", "list", "watch", "patch"]),
-                rule("events.k8s.io", "events", &["create", "patch"]),
-            ],
-        }),
-        role_binding(
-            "ClusterRoleBinding",
-            name,
-            cluster_meta.clone(),
-            name,
-            CONTROL_PLANE_NAMESPACE,
-        ),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": ctx.meta(name, &labels),
-            "rules": [rule("", "configmaps", &["get", "list", "watch"])],
-        }),
-        role_binding(
-            "RoleBinding",
-            name,
-            ctx.meta(name, &labels),
-            name,
-            ctx.namespace,
-        ),
+    let read = ["get", "list", "watch"];
+    let cluster_rules = json!([
+        {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": read},
+        rule("discovery.k8s.io", "endpointslices", &read),
+        rule("split.smi-spec.io", "trafficsplits", &["get", "list", "watch", "patch"]),
+        rule("events.k8s.io", "events", &["create", "patch"]),
+    ]);
+    let cluster_meta = json!({"name": name, "labels": labels});
+    let mut objects = vec![ctx.service_account(name, &labels)];
+    objects.extend(role_and_binding(
+        "ClusterRole",
+        &cluster_meta,
+        cluster_rules,
+        name,
+        ctx.namespace,
+    ));
+    let rules = json!([rule("", "configmaps", &read)]);
+    let meta = ctx.meta(name, &labels);
+    objects.extend(role_and_binding("Role", &meta, rules, name, ctx.namespace));
+    objects.extend([
         json!({
             "apiVersion": "v1", "kind": "Service", "metadata": ctx.meta(name, &labels),
             "spec": {"type": "ClusterIP", "selector": selector, "ports": [
@@ -421,7 +420,7 @@ fn control_plane(v: &ControlPlane) -> Vec<Value> {
             ]},
         }),
         ctx.deployment(name, c.replicas, &labels, &selector, pod),
-    ];
+    ]);
     objects.extend(ctx.pdb(name, &c.pod_disruption_budget, &labels, &selector));
     objects
 }
@@ -514,47 +513,33 @@ fn gateway(ctx: &Ctx<'_>, v: &Multicluster) -> Vec<Value> {
 fn mirror_rbac(ctx: &Ctx<'_>) -> Vec<Value> {
     let name = "meshlink-mirror";
     let labels = ctx.labels("mirror");
-    let cluster_name = format!("{name}-{}", ctx.namespace);
-    let cluster_meta = json!({"name": cluster_name, "labels": labels});
+    let meta = ctx.meta(name, &labels);
+    let rules = json!([
+        rule("multicluster.meshlink.io", "links", &["get", "list", "watch", "patch", "update"]),
+        rule("multicluster.meshlink.io", "links/status", &["get", "patch", "update"]),
+        rule("", "secrets", &["get", "list", "watch"]),
+        rule("coordination.k8s.io", "leases", &["get", "create", "update", "patch"]),
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]);
+    let cluster_meta = json!({"name": format!("{name}-{}", ctx.namespace), "labels": labels});
     let write = [
         "get", "list", "watch", "create", "update", "patch", "delete",
     ];
-    vec![
-        ctx.service_account(name, &labels),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": ctx.meta(name, &labels),
-            "rules": [
-                rule("multicluster.meshlink.io", "links", &["get", "list", "watch", "patch", "update"]),
-                rule("multicluster.meshlink.io", "links/status", &["get", "patch", "update"]),
-                rule("", "secrets", &["get", "list", "watch"]),
-                rule("coordination.k8s.io", "leases", &["get", "create", "update", "patch"]),
-                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-            ],
-        }),
-        role_binding(
-            "RoleBinding",
-            name,
-            ctx.meta(name, &labels),
-            name,
-            ctx.namespace,
-        ),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta,
-            "rules": [
-                rule("", "services", &write),
-                rule("discovery.k8s.io", "endpointslices", &write),
-                rule("", "namespaces", &["get", "list", "watch", "create"]),
-            ],
-        }),
-        role_binding(
-            "ClusterRoleBinding",
-            &cluster_name,
-            cluster_meta.clone(),
-            name,
-            ctx.namespace,
-        ),
-    ]
+    let cluster_rules = json!([
+        rule("", "services", &write),
+        rule("discovery.k8s.io", "endpointslices", &write),
+        rule("", "namespaces", &["get", "list", "watch", "create"]),
+    ]);
+    let mut objects = vec![ctx.service_account(name, &labels)];
+    objects.extend(role_and_binding("Role", &meta, rules, name, ctx.namespace));
+    objects.extend(role_and_binding(
+        "ClusterRole",
+        &cluster_meta,
+        cluster_rules,
+        name,
+        ctx.namespace,
+    ));
+    objects
 }
 
 fn mirror(ctx: &Ctx<'_>, m: &Mirror, link: &str) -> Vec<Value> {
