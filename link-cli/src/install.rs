@@ -1,6 +1,7 @@
 //! `meshlink install`: the manifests of the two charts in `charts/` (control plane
 //! `meshlink`, and `meshlink-multicluster`) for `kubectl apply -f -`, plus their
-//! two Namespaces. The chart files (values, HA values, CRDs) are embedded, and
+//! two Namespaces: `-n` (default `meshlink`) and `--multicluster-namespace`
+//! (default `<-n>-multicluster`), as `helm template -n` would place them. The chart files (values, HA values, CRDs) are embedded, and
 //! the templates are mirrored here object by object; `multicluster-tests/tests/
 //! charts.rs` asserts this output equals `helm template` for the same values, so
 //! a change to one side without the other fails a test.
@@ -10,12 +11,13 @@ mod values;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cli::{DEFAULT_MULTICLUSTER_NAMESPACE, InstallArgs, OutputFormat};
+use crate::cli::{DEFAULT_CONTROL_PLANE_NAMESPACE, GlobalArgs, InstallArgs};
 use crate::error::CliError;
 use crate::output;
 
-/// Namespace of the control-plane chart's objects.
-pub const CONTROL_PLANE_NAMESPACE: &str = "meshlink";
+/// The multicluster chart's value naming the control plane's namespace, which
+/// `install` takes from `-n`.
+const CONTROL_PLANE_NAMESPACE_KEY: &str = "controlPlaneNamespace";
 
 /// The charts' `appVersion`, which is the workspace version.
 const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -28,30 +30,67 @@ const MC_VALUES_HA: &str = include_str!("../../charts/meshlink-multicluster/valu
 pub const LINK_CRD: &str = include_str!("../../charts/meshlink-multicluster/crds/link.yaml");
 
 /// Runs `install`: renders without contacting any cluster.
-pub fn run(args: &InstallArgs, format: Option<OutputFormat>) -> Result<String, CliError> {
-    output::manifest_format(format)?;
-    let objects = render(args).map_err(CliError::Usage)?;
-    output::manifests(&objects, format)
+pub fn run(args: &InstallArgs, global: &GlobalArgs) -> Result<String, CliError> {
+    output::manifest_format(global.output)?;
+    let objects = render(args, global.namespace.as_deref()).map_err(CliError::Usage)?;
+    output::manifests(&objects, global.output)
 }
 
-/// Every object, Namespaces and CRDs first so `kubectl apply -f -` succeeds in one go.
-pub fn render(args: &InstallArgs) -> Result<Vec<Value>, String> {
-    let (cp, mc) = chart_values(args)?;
+/// Where the two charts render.
+struct Namespaces {
+    control_plane: String,
+    multicluster: String,
+}
+
+impl Namespaces {
+    /// `-n` (default `meshlink`) and `--multicluster-namespace` (default
+    /// `<control plane>-multicluster`), both checked to be namespace names.
+    fn resolve(namespace: Option<&str>, multicluster: Option<&str>) -> Result<Self, String> {
+        let control_plane = namespace.unwrap_or(DEFAULT_CONTROL_PLANE_NAMESPACE);
+        let (multicluster, source) = match multicluster {
+            Some(name) => (name.to_owned(), "--multicluster-namespace"),
+            None => (
+                format!("{control_plane}-multicluster"),
+                "--multicluster-namespace (derived from -n; pass it shorter)",
+            ),
+        };
+        for (flag, name) in [("-n", control_plane), (source, &multicluster)] {
+            if !api::link::is_dns_label(name) {
+                return Err(format!(
+                    "{flag}: namespace {name:?} is not a DNS label (at most 63 lowercase letters, digits and '-', starting and ending alphanumeric)"
+                ));
+            }
+        }
+        if control_plane == multicluster {
+            return Err(format!(
+                "-n and --multicluster-namespace are both {multicluster:?}; the charts need two namespaces"
+            ));
+        }
+        Ok(Self {
+            control_plane: control_plane.to_owned(),
+            multicluster,
+        })
+    }
+}
+
+/// Every object, Namespaces and CRDs first so `kubectl apply -f -` succeeds in
+/// one go; `namespace_flag` is `-n`.
+pub fn render(args: &InstallArgs, namespace_flag: Option<&str>) -> Result<Vec<Value>, String> {
+    let ns = Namespaces::resolve(namespace_flag, args.multicluster_namespace.as_deref())?;
+    let (cp, mc) = chart_values(args, &ns)?;
     let cp: ControlPlane = typed("meshlink", cp)?;
     let mc: Multicluster = typed("meshlink-multicluster", mc)?;
-    let mut objects = vec![
-        namespace(CONTROL_PLANE_NAMESPACE),
-        namespace(DEFAULT_MULTICLUSTER_NAMESPACE),
-    ];
+    let mut objects = vec![namespace(&ns.control_plane), namespace(&ns.multicluster)];
     objects.push(serde_yaml_ng::from_str(LINK_CRD).map_err(|e| format!("Link CRD: {e}"))?);
-    objects.extend(control_plane(&cp));
-    objects.extend(multicluster(&mc));
+    objects.extend(control_plane(&cp, &ns.control_plane));
+    objects.extend(multicluster(&mc, &ns.multicluster));
     Ok(objects)
 }
 
-/// Defaults, then the HA files, then `--gateway` and `--set` (each applied to the
-/// charts that have its top-level key).
-fn chart_values(args: &InstallArgs) -> Result<(Value, Value), String> {
+/// Defaults, then the HA files, then the control plane's namespace (the
+/// multicluster chart's `controlPlaneNamespace`), `--gateway` and `--set` (each
+/// applied to the charts that have its top-level key).
+fn chart_values(args: &InstallArgs, ns: &Namespaces) -> Result<(Value, Value), String> {
     let mut cp = values::parse_yaml("meshlink/values.yaml", CP_VALUES)?;
     let mut mc = values::parse_yaml("meshlink-multicluster/values.yaml", MC_VALUES)?;
     if args.ha {
@@ -62,13 +101,23 @@ fn chart_values(args: &InstallArgs) -> Result<(Value, Value), String> {
         let ha = values::parse_yaml("meshlink-multicluster/values-ha.yaml", MC_VALUES_HA)?;
         values::merge(&mut mc, &ha);
     }
-    let mut assignments = Vec::new();
+    let mut user = Vec::new();
+    for text in &args.set {
+        user.extend(values::parse_set(text)?);
+    }
+    if user.iter().any(|a| a.root() == CONTROL_PLANE_NAMESPACE_KEY) {
+        return Err(format!(
+            "--set {CONTROL_PLANE_NAMESPACE_KEY}: install puts the control plane in -n's namespace and sets it from there; use -n"
+        ));
+    }
+    let mut assignments = values::parse_set(&format!(
+        "{CONTROL_PLANE_NAMESPACE_KEY}={}",
+        ns.control_plane
+    ))?;
     if !args.gateway {
         assignments.extend(values::parse_set("gateway.enabled=false")?);
     }
-    for text in &args.set {
-        assignments.extend(values::parse_set(text)?);
-    }
+    assignments.extend(user);
     for a in &assignments {
         let mut known = false;
         for chart in [&mut cp, &mut mc] {
@@ -366,10 +415,10 @@ fn role_and_binding(
 }
 
 /// The `meshlink` chart's templates.
-fn control_plane(v: &ControlPlane) -> Vec<Value> {
+fn control_plane(v: &ControlPlane, namespace: &str) -> Vec<Value> {
     let ctx = Ctx {
         chart: "meshlink",
-        namespace: CONTROL_PLANE_NAMESPACE,
+        namespace,
         common: &v.common,
     };
     let c = &v.controller;
@@ -426,11 +475,10 @@ fn control_plane(v: &ControlPlane) -> Vec<Value> {
 }
 
 /// The `meshlink-multicluster` chart's templates (CRDs are added by [`render`]).
-fn multicluster(v: &Multicluster) -> Vec<Value> {
-    let ns = DEFAULT_MULTICLUSTER_NAMESPACE;
+fn multicluster(v: &Multicluster, namespace: &str) -> Vec<Value> {
     let ctx = Ctx {
         chart: "meshlink-multicluster",
-        namespace: ns,
+        namespace,
         common: &v.common,
     };
     let mut objects = Vec::new();

@@ -152,6 +152,11 @@ fn bad_input_gives_one_clear_line_and_the_documented_exit_code() {
             vec!["install", "--set", "links[x].name=east"],
             2,
         ),
+        (
+            "install: bad namespace",
+            vec!["install", "-n", "Mesh_System"],
+            2,
+        ),
     ];
     let mut transcript = String::new();
     for (name, args, code) in cases {

@@ -1,7 +1,8 @@
 //! The Helm charts in `charts/` against helm itself (built from Go modules by
 //! `go/build.sh helm`): `helm lint --strict` is clean, and `meshlink install`
 //! renders exactly what `helm template` renders from the same values (default,
-//! HA, `--gateway=false`, `--set`), compared as parsed YAML documents.
+//! HA, `--gateway=false`, `--set`, other namespaces), compared as parsed YAML
+//! documents.
 //!
 //! Needs the `meshlink` binary in the same target directory (`cargo build -p link-cli`).
 
@@ -71,13 +72,20 @@ struct Scenario {
     install: Vec<&'static str>,
     helm_sets: Vec<&'static str>,
     ha: bool,
+    /// The control plane's and the multicluster namespace (helm's `-n` for
+    /// each chart; the multicluster chart also gets `controlPlaneNamespace`).
+    namespaces: [&'static str; 2],
 }
+
+/// The default namespaces.
+const DEFAULT_NAMESPACES: [&str; 2] = ["meshlink", "meshlink-multicluster"];
 
 fn helm_template(helm: &Path, scenario: &Scenario) -> BTreeMap<String, Value> {
     let mut all = BTreeMap::new();
+    let [control_plane, multicluster] = scenario.namespaces;
     for (name, namespace) in [
-        ("meshlink", "meshlink"),
-        ("meshlink-multicluster", "meshlink-multicluster"),
+        ("meshlink", control_plane),
+        ("meshlink-multicluster", multicluster),
     ] {
         let dir = chart(name);
         let mut args: Vec<String> = ["template", name, dir.to_str().unwrap()]
@@ -97,6 +105,12 @@ fn helm_template(helm: &Path, scenario: &Scenario) -> BTreeMap<String, Value> {
         for set in &scenario.helm_sets {
             args.extend(["--set".into(), (*set).to_owned()]);
         }
+        if name == "meshlink-multicluster" {
+            args.extend([
+                "--set".into(),
+                format!("controlPlaneNamespace={control_plane}"),
+            ]);
+        }
         all.extend(documents(&run(helm, &args)));
     }
     all
@@ -112,10 +126,10 @@ fn meshlink_install(scenario: &Scenario) -> BTreeMap<String, Value> {
         .filter(|k| k.starts_with("Namespace/"))
         .cloned()
         .collect();
-    assert_eq!(
-        namespaces,
-        ["Namespace//meshlink", "Namespace//meshlink-multicluster"]
-    );
+    let expected = scenario.namespaces.map(|n| format!("Namespace//{n}"));
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(namespaces, expected);
     docs.retain(|k, _| !k.starts_with("Namespace/"));
     docs
 }
@@ -150,6 +164,7 @@ fn meshlink_install_equals_helm_template_by_default() {
         install: vec![],
         helm_sets: vec![],
         ha: false,
+        namespaces: DEFAULT_NAMESPACES,
     };
     let kinds = [
         "CustomResourceDefinition/",
@@ -167,6 +182,7 @@ fn meshlink_install_equals_helm_template_with_ha_values_and_links() {
         install: vec!["--ha", "--set", "links[0].name=east,links[1].name=north"],
         helm_sets: vec!["links[0].name=east,links[1].name=north"],
         ha: true,
+        namespaces: DEFAULT_NAMESPACES,
     };
     let kinds = [
         "PodDisruptionBudget/meshlink/meshlink-controller",
@@ -184,6 +200,7 @@ fn meshlink_install_equals_helm_template_without_the_gateway() {
         install: vec!["--gateway=false", "--set", "links[0].name=east"],
         helm_sets: vec!["gateway.enabled=false", "links[0].name=east"],
         ha: false,
+        namespaces: DEFAULT_NAMESPACES,
     };
     assert_same(
         "gateway=false",
@@ -217,11 +234,56 @@ fn meshlink_install_equals_helm_template_with_set_values() {
         install,
         helm_sets: with_link,
         ha: false,
+        namespaces: DEFAULT_NAMESPACES,
     };
     assert_same(
         "set",
         &scenario,
         &["PodDisruptionBudget/meshlink/meshlink-controller"],
+    );
+}
+
+#[test]
+fn meshlink_install_equals_helm_template_in_other_namespaces() {
+    // -n alone: the multicluster namespace is derived from it.
+    let derived = Scenario {
+        install: vec!["-n", "mesh", "--set", "links[0].name=east"],
+        helm_sets: vec!["links[0].name=east"],
+        ha: false,
+        namespaces: ["mesh", "mesh-multicluster"],
+    };
+    let kinds = [
+        "Deployment/mesh/meshlink-controller",
+        "RoleBinding/mesh/meshlink-controller",
+        "Service/mesh-multicluster/meshlink-gateway",
+        "Deployment/mesh-multicluster/meshlink-mirror-east",
+        "ClusterRole//meshlink-mirror-mesh-multicluster",
+    ];
+    assert_same("-n mesh", &derived, &kinds);
+    // Both set, with HA (anti-affinity and PDBs in both namespaces).
+    let both = Scenario {
+        install: vec![
+            "--namespace",
+            "mesh-system",
+            "--multicluster-namespace",
+            "links",
+            "--ha",
+            "--set",
+            "links[0].name=east",
+        ],
+        helm_sets: vec!["links[0].name=east"],
+        ha: true,
+        namespaces: ["mesh-system", "links"],
+    };
+    let kinds = [
+        "PodDisruptionBudget/mesh-system/meshlink-controller",
+        "PodDisruptionBudget/links/meshlink-gateway",
+        "Role/links/meshlink-mirror",
+    ];
+    assert_same(
+        "-n mesh-system --multicluster-namespace links",
+        &both,
+        &kinds,
     );
 }
 
