@@ -102,8 +102,15 @@ fn helm_template(helm: &Path, scenario: &Scenario) -> BTreeMap<String, Value> {
                 dir.join("values-ha.yaml").display().to_string(),
             ]);
         }
+        // Like `meshlink install`, each chart gets the values it has: its
+        // schema refuses the other chart's.
+        let values = std::fs::read_to_string(dir.join("values.yaml")).unwrap();
+        let values: Value = serde_yaml_ng::from_str(&values).unwrap();
         for set in &scenario.helm_sets {
-            args.extend(["--set".into(), (*set).to_owned()]);
+            let root = set.split(['.', '[', '=']).next().unwrap();
+            if values.get(root).is_some() {
+                args.extend(["--set".into(), (*set).to_owned()]);
+            }
         }
         if name == "meshlink-multicluster" {
             args.extend([
@@ -218,6 +225,7 @@ fn meshlink_install_equals_helm_template_with_set_values() {
         "image.tag=dev",
         "controller.replicas=2",
         "gateway.serviceType=NodePort",
+        "gateway.balancePolicy=cheapest",
         "gateway.serviceAnnotations.team=net",
         "mirror.nodeSelector.pool=infra",
         "controller.podDisruptionBudget.enabled=true",
@@ -287,21 +295,70 @@ fn meshlink_install_equals_helm_template_in_other_namespaces() {
     );
 }
 
+/// A value of the wrong type, or outside its set, is refused by helm (`template`
+/// and `lint --strict`, through the chart's `values.schema.json`) and by
+/// `meshlink install` (one line, usage exit code), each naming the field.
+#[test]
+fn bad_values_are_refused_by_helm_and_by_meshlink_install_naming_the_field() {
+    let helm = Binaries::helm().unwrap();
+    let dir = chart("meshlink-multicluster").display().to_string();
+    for (set, helm_says, meshlink_says) in [
+        (
+            "gateway.port=http",
+            "at '/gateway/port': got string, want integer",
+            "gateway.port: got string \"http\", want integer",
+        ),
+        (
+            "gateway.balancePolicy=fastest",
+            "at '/gateway/balancePolicy': value must be one of",
+            "gateway.balancePolicy: got \"fastest\", want one of",
+        ),
+    ] {
+        for verb in [["template", "x"], ["lint", "--strict"]] {
+            let out = Command::new(&helm)
+                .args(verb)
+                .args([dir.as_str(), "--set", set])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "helm {verb:?} --set {set} passed:\n{text}"
+            );
+            assert!(
+                text.contains(helm_says),
+                "helm {verb:?} --set {set}:\n{text}"
+            );
+        }
+        let out = Command::new(meshlink_binary("meshlink").unwrap())
+            .args(["install", "--set", set])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(out.stdout.is_empty());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error: values of chart meshlink-multicluster: ")
+                && stderr.contains(meshlink_says),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn helm_lint_is_clean_for_both_charts_default_and_ha() {
     let helm = Binaries::helm().unwrap();
-    for name in ["meshlink", "meshlink-multicluster"] {
+    for (name, set) in [
+        ("meshlink", "clusterName=west"),
+        ("meshlink-multicluster", "links[0].name=east"),
+    ] {
         let dir = chart(name);
         let ha = dir.join("values-ha.yaml").display().to_string();
         let d = dir.display().to_string();
         for extra in [
             vec![],
-            vec![
-                "-f".to_owned(),
-                ha,
-                "--set".into(),
-                "links[0].name=east".into(),
-            ],
+            vec!["-f".to_owned(), ha, "--set".into(), set.into()],
         ] {
             let mut args = vec!["lint".to_owned(), "--strict".into(), d.clone()];
             args.extend(extra);

@@ -127,9 +127,87 @@ fn set_reaches_each_chart_with_the_key_and_refuses_unknown_keys() {
         "{err}"
     );
     let err = render(&args(true, false, &["controller.replicas=many"])).unwrap_err();
-    assert!(err.contains("values of chart meshlink"), "{err}");
+    assert!(
+        err.starts_with("values of chart meshlink: controller.replicas: got string \"many\""),
+        "{err}"
+    );
     let err = render(&args(true, false, &["controller.typo=1"])).unwrap_err();
-    assert!(err.contains("unknown field `typo`"), "{err}");
+    assert!(err.contains("controller: unknown value \"typo\""), "{err}");
+}
+
+#[test]
+fn the_charts_schemas_use_only_what_the_validator_implements() {
+    for (chart, text) in [
+        ("meshlink", CP_SCHEMA),
+        ("meshlink-multicluster", MC_SCHEMA),
+    ] {
+        let schema: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            schema::unsupported_keywords(&schema),
+            Vec::<String>::new(),
+            "{chart}"
+        );
+    }
+}
+
+#[test]
+fn values_the_schema_refuses_are_refused_naming_the_field() {
+    for (set, expected) in [
+        (
+            "gateway.port=http",
+            "values of chart meshlink-multicluster: gateway.port: got string \"http\", want integer;",
+        ),
+        (
+            "gateway.balancePolicy=fastest",
+            "values of chart meshlink-multicluster: gateway.balancePolicy: got \"fastest\", want one of",
+        ),
+        (
+            "controller.adminPort=0",
+            "values of chart meshlink: controller.adminPort: got 0, want at least 1;",
+        ),
+        (
+            "links[0].name=East",
+            "values of chart meshlink-multicluster: links[0].name: got \"East\", which does not match",
+        ),
+        (
+            "logFormat=xml",
+            "values of chart meshlink: logFormat: got \"xml\", want one of \"plain\", \"json\";",
+        ),
+        (
+            "controller.podDisruptionBudget.maxUnavailable=half",
+            "values of chart meshlink: controller.podDisruptionBudget.maxUnavailable: got \"half\"",
+        ),
+    ] {
+        let err = render(&args(true, false, &[set])).unwrap_err();
+        assert!(err.starts_with(expected), "{set}: {err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+#[test]
+fn balance_policy_reaches_the_gateway_only_when_set() {
+    let gateway_args = |set: &[&str]| -> Vec<Value> {
+        let objects = render(&args(true, false, set)).unwrap();
+        let gateway = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "meshlink-gateway")
+            .unwrap();
+        gateway["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let policy = |args: &[Value]| {
+        args.iter()
+            .filter(|a| a.as_str().unwrap().starts_with("--balance-policy"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(policy(&gateway_args(&[])).is_empty());
+    assert_eq!(
+        policy(&gateway_args(&["gateway.balancePolicy=cheapest"])),
+        ["--balance-policy=cheapest"]
+    );
 }
 
 /// Every object's namespace (`-` for cluster-scoped ones) by kind and name.
