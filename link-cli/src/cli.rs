@@ -291,6 +291,33 @@ mod tests {
     }
 
     #[test]
+    fn namespace_flags_parse_for_install_and_the_link_commands() {
+        let cli = Cli::try_parse_from([
+            "meshlink",
+            "install",
+            "-n",
+            "mesh",
+            "--multicluster-namespace",
+            "links",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.namespace.as_deref(), Some("mesh"));
+        let Command::Install(args) = cli.command else {
+            panic!("not install")
+        };
+        assert_eq!(args.multicluster_namespace.as_deref(), Some("links"));
+        for verb in ["gateways", "check"] {
+            let cli = Cli::try_parse_from(["meshlink", verb, "-n", "links"]).unwrap();
+            assert_eq!(cli.global.multicluster_namespace(), "links");
+        }
+        let cli = Cli::try_parse_from(["meshlink", "unlink", "--cluster-name", "east"]).unwrap();
+        assert_eq!(
+            cli.global.multicluster_namespace(),
+            DEFAULT_MULTICLUSTER_NAMESPACE
+        );
+    }
+
+    #[test]
     fn definitions_are_consistent() {
         Cli::command().debug_assert();
     }
