@@ -6,11 +6,11 @@
 //! allows (a refused connection, where nothing was sent, may be tried up to three
 //! times, so two dead tiers at once are still skipped).
 //!
-//! The budget works as Finagle's and Linkerd's do, with their defaults: over the last [`BUDGET_WINDOW`],
-//! retries may be a fifth ([`BUDGET_RATIO`]) of the requests plus
-//! [`MIN_RETRIES_PER_SEC`] per second. The floor matters when an endpoint dies
-//! under load: every request in flight on it fails at once, more than a
-//! fifth of one moment's traffic, and each must be retried to lose none.
+//! The budget works as Finagle's and Linkerd's do, with their defaults: over
+//! the last [`BUDGET_WINDOW`], retries may be a fifth ([`BUDGET_RATIO`]) of the
+//! requests plus [`MIN_RETRIES_PER_SEC`] per second. The window matters when an
+//! endpoint dies under load: every request in flight on it fails at once, more
+//! than a fifth of one moment's traffic, and each must be retried to lose none.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
