@@ -214,6 +214,29 @@ impl Bed {
     }
 }
 
+/// Two linked clusters running the demo [`Scenario`] (east's `demo/svc`
+/// mirrored into west as `svc-east`), plus a pod in west's first zone running
+/// the app answering `app`, published as the Service `service` in `demo`.
+pub async fn linked_with_west_app(
+    app: &str,
+    service: &str,
+) -> Result<(Harness, crate::Scenario, Pod)> {
+    crate::init_tracing();
+    let harness = Harness::builder()
+        .cluster("east")
+        .cluster("west")
+        .start()
+        .await?;
+    let scenario = crate::Scenario::start(&harness, &mut |line| println!("{line}")).await?;
+    let west = harness.cluster("west");
+    let pod = west.create_pod(app, &west.zones()[0])?;
+    spawn_app(&pod, app)?;
+    pod.wait_listening(PORT, WITHIN).await?;
+    west.publish(crate::scenario::APP_NAMESPACE, service, PORT, &[&pod])
+        .await?;
+    Ok((harness, scenario, pod))
+}
+
 /// Runs `harness-echo http` on [`PORT`] in `pod`, answering with `name`.
 pub fn spawn_app(pod: &Pod, name: &str) -> Result<u32> {
     pod.spawn(

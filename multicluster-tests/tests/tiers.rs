@@ -14,13 +14,14 @@ use api::labels::BALANCER_INCLUDE_MIRRORS;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 use multicluster_tests::failover::{
-    Load, answers_between, failed_between, spawn_app, spawn_readiness, time_to_backup,
+    Load, answers_between, failed_between, linked_with_west_app, spawn_app, spawn_readiness,
+    time_to_backup,
 };
 use multicluster_tests::scenario::{
-    APP_NAMESPACE, APP_PORT, APP_SERVICE, CLIENT_OUTBOUND_PORT, REMOTE_AUTHORITY,
+    APP_NAMESPACE, APP_SERVICE, CLIENT_OUTBOUND_PORT, REMOTE_AUTHORITY,
 };
 use multicluster_tests::zonelab::{ClientProxy, ZoneLab, ZoneStats, load};
-use multicluster_tests::{Harness, Scenario, meshlink_binary};
+use multicluster_tests::{Harness, meshlink_binary};
 use tokio::time::Instant;
 
 const ZONES: [&str; 3] = ["west-a", "west-b", "west-c"];
@@ -218,19 +219,8 @@ const WINDOW: Duration = Duration::from_secs(3);
 /// it returns, they come back.
 #[tokio::test]
 async fn a_dead_local_cluster_sends_traffic_to_the_other_cluster_without_errors() -> Result<()> {
-    multicluster_tests::init_tracing();
-    let harness = Harness::builder()
-        .cluster("east")
-        .cluster("west")
-        .start()
-        .await?;
-    let scenario = Scenario::start(&harness, &mut |line| println!("{line}")).await?;
+    let (harness, scenario, pod) = linked_with_west_app(WEST_APP, APP_SERVICE).await?;
     let west = harness.cluster("west");
-    let pod = west.create_pod(WEST_APP, &west.zones()[0])?;
-    spawn_app(&pod, WEST_APP)?;
-    pod.wait_listening(APP_PORT, CONVERGE).await?;
-    west.publish(APP_NAMESPACE, APP_SERVICE, APP_PORT, &[&pod])
-        .await?;
     let annotation = serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": APP_SERVICE, "annotations": {BALANCER_INCLUDE_MIRRORS: "true"}},

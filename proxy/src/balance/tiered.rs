@@ -5,9 +5,7 @@
 //! phased in by weight over [`TierConfig::ramp`], and phased out again once the
 //! load falls below the low-water mark. A pick whose best candidate is itself
 //! saturated (past twice the high-water mark) overflows to the next tier at
-//! once, so a tier in trouble gets relief before the ramp catches up; so does
-//! one merely past the low-water mark when the next tier, already tried, is
-//! at most half as loaded (a hot zone next to idle ones). A tier
+//! once, so a tier in trouble gets relief before the ramp catches up. A tier
 //! is only used if it can relieve the cheaper ones (not tried yet, or less
 //! loaded), so slowness everywhere alike does not move traffic across zones.
 //!
@@ -65,12 +63,6 @@ impl Default for TierConfig {
 /// single requests left the zone on ordinary noise in the harness test (4%).
 const SATURATED: f64 = 2.0;
 
-/// A tried tier at most half as loaded as the cheaper ones relieves them
-/// clearly: a pick past the low-water mark overflows to it. Ordinary noise does
-/// not keep one tier twice as loaded as another, a hot zone does. (At 3, one
-/// hot-zone run in three kept a p99 1.12× plain P2C's in `bench-tiers`.)
-const CLEARLY: f64 = 2.0;
-
 /// How far a balancer currently reaches beyond its cheapest tier: `reach` 1.25
 /// means the second tier fully and the third with weight 0.25.
 #[derive(Debug, Default)]
@@ -110,19 +102,13 @@ pub(super) fn choose<T>(
             let reference = reference_rtt(slots);
             // The load of the tiers cheaper than tier `j`.
             let below = |j: usize| mean_load(&slots[..ends[j - 1]], reference);
-            // Tier `j`'s load, once it has been tried.
-            let tried_load = |j: usize| {
-                let tier = &slots[ends[j - 1]..ends[j]];
-                let tried = tier.iter().any(|s| s.load.mean_and_floor().is_some());
-                tried.then(|| mean_load(tier, reference))
-            };
             // Whether tier `j` can relieve those: not tried yet, or less loaded.
             // (When every zone is slow alike, widening buys nothing.)
-            let relieves = |j: usize| tried_load(j).is_none_or(|load| load < below(j));
-            // Whether it is known to relieve them clearly (a hot zone next to
-            // idle ones), not just by noise.
-            let clearly_relieves =
-                |j: usize| tried_load(j).is_some_and(|load| CLEARLY * load < below(j));
+            let relieves = |j: usize| {
+                let tier = &slots[ends[j - 1]..ends[j]];
+                let tried = tier.iter().any(|s| s.load.mean_and_floor().is_some());
+                !tried || mean_load(tier, reference) < below(j)
+            };
             reach.update(below, relieves, last, config, now);
             let base = reach.reach.floor() as usize;
             let partial = reach.reach - base as f64;
@@ -132,10 +118,9 @@ pub(super) fn choose<T>(
                 base
             };
             let pick = p2c(&slots[..ends[level]], now, rng)?;
-            let load = load_of(&pick, reference);
             if level < last
-                && ((load > SATURATED * config.high_water && relieves(level + 1))
-                    || (load > config.low_water && clearly_relieves(level + 1)))
+                && load_of(&pick, reference) > SATURATED * config.high_water
+                && relieves(level + 1)
             {
                 return p2c(&slots[..ends[level + 1]], now, rng);
             }
