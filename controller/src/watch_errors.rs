@@ -20,8 +20,13 @@ impl WatchErrors {
         }
     }
 
-    /// Records an event: once the type is served again, says so.
-    pub fn ok(&mut self) {
+    /// Records an event: once the type is served again, says so. The watcher
+    /// emits `Init` before each list attempt, so only later events show that
+    /// the type is served.
+    pub fn ok<K>(&mut self, event: &watcher::Event<K>) {
+        if matches!(event, watcher::Event::Init) {
+            return;
+        }
         if std::mem::take(&mut self.missing) {
             tracing::info!(kind = self.kind, "resource type is served now; watching it");
         }
@@ -76,7 +81,10 @@ mod tests {
             "NotFound", 404,
         )));
         assert!(errors.missing);
-        errors.ok();
+        // Each relist starts with Init, before the list that fails again.
+        errors.ok(&watcher::Event::<()>::Init);
+        assert!(errors.missing, "Init does not show the type is served");
+        errors.ok(&watcher::Event::<()>::InitDone);
         assert!(!errors.missing);
     }
 

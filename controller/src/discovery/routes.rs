@@ -230,8 +230,8 @@ pub async fn watch_splits(
     let mut listing = Vec::new();
     let mut errors = WatchErrors::new("TrafficSplit");
     while let Some(event) = events.next().await {
-        if event.is_ok() {
-            errors.ok();
+        if let Ok(event) = &event {
+            errors.ok(event);
         }
         match event {
             Ok(Event::Init) => listing.clear(),

@@ -152,8 +152,8 @@ async fn drive<K>(
     let mut errors = WatchErrors::new(kind);
     while let Some(event) = events.next().await {
         match event {
-            Ok(_) => {
-                errors.ok();
+            Ok(event) => {
+                errors.ok(&event);
                 wake.notify_one();
             }
             Err(error) => {
