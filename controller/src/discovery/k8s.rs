@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Resource};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -64,105 +64,90 @@ impl Metrics {
     }
 }
 
-/// Keeps the index's Services in step with the cluster; `ready` turns true once
-/// the first full list has been applied.
-pub async fn watch_services(
-    client: Client,
-    index: SharedIndex,
-    metrics: Metrics,
-    ready: watch::Sender<bool>,
-) {
-    let handlers = Handlers::<Service> {
-        apply: |idx, svc| idx.apply_service(svc),
-        delete: |idx, svc| {
-            if let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) {
-                idx.delete_service(ns, name);
-            }
-        },
-        reset: Index::reset_services,
-    };
-    run(Api::all(client), index, metrics, ready, handlers).await;
-}
-
-/// Keeps the index's EndpointSlices in step with the cluster; `ready` turns true
-/// once the first full list has been applied.
-pub async fn watch_slices(
-    client: Client,
-    index: SharedIndex,
-    metrics: Metrics,
-    ready: watch::Sender<bool>,
-) {
-    let handlers = Handlers::<EndpointSlice> {
-        apply: Index::apply_slice,
-        delete: Index::delete_slice,
-        reset: Index::reset_slices,
-    };
-    run(Api::all(client), index, metrics, ready, handlers).await;
-}
-
-/// Keeps the index's Namespace tier annotations in step with the cluster.
-pub async fn watch_namespaces(
-    client: Client,
-    index: SharedIndex,
-    metrics: Metrics,
-    ready: watch::Sender<bool>,
-) {
-    let handlers = Handlers::<Namespace> {
-        apply: Index::apply_namespace,
-        delete: Index::delete_namespace,
-        reset: Index::reset_namespaces,
-    };
-    run(Api::all(client), index, metrics, ready, handlers).await;
-}
-
-/// Keeps the index's zone-pair costs in step with the ConfigMap `name` in
-/// `namespace` (watched alone, by a field selector).
-pub async fn watch_zone_costs(
-    client: Client,
-    (namespace, name): (String, String),
-    index: SharedIndex,
-    metrics: Metrics,
-    ready: watch::Sender<bool>,
-) {
-    let handlers = Handlers::<ConfigMap> {
-        apply: Index::apply_zone_costs,
-        delete: Index::delete_zone_costs,
-        reset: Index::reset_zone_costs,
-    };
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let api = Api::namespaced(client, &namespace);
-    run_with(api, config, index, metrics, ready, handlers).await;
-}
-
-/// How one resource kind changes the index.
-struct Handlers<K> {
-    apply: fn(&mut Index, &K),
-    delete: fn(&mut Index, &K),
-    reset: fn(&mut Index, &[K]),
-}
-
-async fn run<K>(
-    api: Api<K>,
-    index: SharedIndex,
-    metrics: Metrics,
-    ready: watch::Sender<bool>,
-    h: Handlers<K>,
-) where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
+/// A resource kind the index follows, and how its changes apply.
+pub trait Indexed:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
 {
-    run_with(api, watcher::Config::default(), index, metrics, ready, h).await;
+    /// An object added or changed.
+    fn apply(index: &mut Index, obj: &Self);
+    /// An object deleted.
+    fn delete(index: &mut Index, obj: &Self);
+    /// Every object, after a (re)list.
+    fn reset(index: &mut Index, objs: &[Self]);
 }
 
-async fn run_with<K>(
+impl Indexed for Service {
+    fn apply(index: &mut Index, svc: &Self) {
+        index.apply_service(svc);
+    }
+    fn delete(index: &mut Index, svc: &Self) {
+        if let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) {
+            index.delete_service(ns, name);
+        }
+    }
+    fn reset(index: &mut Index, svcs: &[Self]) {
+        index.reset_services(svcs);
+    }
+}
+
+impl Indexed for EndpointSlice {
+    fn apply(index: &mut Index, slice: &Self) {
+        index.apply_slice(slice);
+    }
+    fn delete(index: &mut Index, slice: &Self) {
+        index.delete_slice(slice);
+    }
+    fn reset(index: &mut Index, slices: &[Self]) {
+        index.reset_slices(slices);
+    }
+}
+
+/// Namespaces carry tier annotations.
+impl Indexed for Namespace {
+    fn apply(index: &mut Index, ns: &Self) {
+        index.apply_namespace(ns);
+    }
+    fn delete(index: &mut Index, ns: &Self) {
+        index.delete_namespace(ns);
+    }
+    fn reset(index: &mut Index, namespaces: &[Self]) {
+        index.reset_namespaces(namespaces);
+    }
+}
+
+/// The zone-pair costs ConfigMap (watched alone, by a field selector).
+impl Indexed for ConfigMap {
+    fn apply(index: &mut Index, cm: &Self) {
+        index.apply_zone_costs(cm);
+    }
+    fn delete(index: &mut Index, cm: &Self) {
+        index.delete_zone_costs(cm);
+    }
+    fn reset(index: &mut Index, cms: &[Self]) {
+        index.reset_zone_costs(cms);
+    }
+}
+
+/// Spawns the watch keeping the index's `K`s in step with `api` under
+/// `config`; the receiver turns true once the first full list is applied.
+pub fn spawn_watch<K: Indexed>(
+    api: Api<K>,
+    config: watcher::Config,
+    index: &SharedIndex,
+    metrics: &Metrics,
+) -> watch::Receiver<bool> {
+    let (ready, rx) = watch::channel(false);
+    tokio::spawn(run(api, config, index.clone(), metrics.clone(), ready));
+    rx
+}
+
+async fn run<K: Indexed>(
     api: Api<K>,
     config: watcher::Config,
     index: SharedIndex,
     metrics: Metrics,
     ready: watch::Sender<bool>,
-    h: Handlers<K>,
-) where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
-{
+) {
     let kind = K::kind(&()).into_owned();
     let mut events = Box::pin(watcher(api, config).default_backoff());
     // Objects listed since the last restart, applied at once when the list ends
@@ -173,12 +158,12 @@ async fn run_with<K>(
             Ok(Event::Init) => listing.clear(),
             Ok(Event::InitApply(obj)) => listing.push(obj),
             Ok(Event::InitDone) => {
-                (h.reset)(&mut index.0.lock(), &listing);
+                K::reset(&mut index.0.lock(), &listing);
                 listing.clear();
                 ready.send_replace(true);
             }
-            Ok(Event::Apply(obj)) => (h.apply)(&mut index.0.lock(), &obj),
-            Ok(Event::Delete(obj)) => (h.delete)(&mut index.0.lock(), &obj),
+            Ok(Event::Apply(obj)) => K::apply(&mut index.0.lock(), &obj),
+            Ok(Event::Delete(obj)) => K::delete(&mut index.0.lock(), &obj),
             Err(error) => {
                 metrics.restarts.inc();
                 tracing::warn!(%kind, %error, "watch failed; retrying with backoff");

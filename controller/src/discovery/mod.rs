@@ -10,6 +10,10 @@ pub mod routes;
 pub mod target;
 pub mod tiers;
 
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -54,38 +58,27 @@ impl Discovery {
             routes.clone(),
             split_restarts,
         ));
-        let (services_tx, services_ready) = watch::channel(false);
-        let (slices_tx, slices_ready) = watch::channel(false);
-        let (namespaces_tx, namespaces_ready) = watch::channel(false);
-        let (costs_tx, costs_ready) = watch::channel(false);
-        tokio::spawn(k8s::watch_services(
-            client.clone(),
-            index.clone(),
-            watch_metrics.clone(),
-            services_tx,
-        ));
-        tokio::spawn(k8s::watch_slices(
-            client.clone(),
-            index.clone(),
-            watch_metrics.clone(),
-            slices_tx,
-        ));
-        tokio::spawn(k8s::watch_namespaces(
-            client.clone(),
-            index.clone(),
-            watch_metrics.clone(),
-            namespaces_tx,
-        ));
-        tokio::spawn(k8s::watch_zone_costs(
-            client,
-            zone_costs,
-            index.clone(),
-            watch_metrics,
-            costs_tx,
-        ));
+        let (costs_ns, costs_name) = zone_costs;
+        let costs_only = watcher::Config::default().fields(&format!("metadata.name={costs_name}"));
+        let all = watcher::Config::default;
+        let watches = [
+            k8s::spawn_watch::<Service>(Api::all(client.clone()), all(), &index, &watch_metrics),
+            k8s::spawn_watch::<EndpointSlice>(
+                Api::all(client.clone()),
+                all(),
+                &index,
+                &watch_metrics,
+            ),
+            k8s::spawn_watch::<Namespace>(Api::all(client.clone()), all(), &index, &watch_metrics),
+            k8s::spawn_watch::<ConfigMap>(
+                Api::namespaced(client, &costs_ns),
+                costs_only,
+                &index,
+                &watch_metrics,
+            ),
+        ];
 
         let (ready_tx, ready) = watch::channel(false);
-        let watches = [services_ready, slices_ready, namespaces_ready, costs_ready];
         tokio::spawn(async move {
             for mut watch in watches {
                 if watch.wait_for(|r| *r).await.is_err() {
