@@ -49,6 +49,13 @@ pub const REMOTE_RESOURCE_VERSION: &str = "mirror.meshlink.io/remote-resource-ve
 /// gives its endpoints: `same-zone=0,same-cluster=1,other-cluster=2` (any subset).
 pub const BALANCER_TIERS: &str = "balancer.meshlink.io/tiers";
 
+/// Annotation on a local Service: `"true"` makes discovery balance it over its
+/// own endpoints and those of its mirrors from linked clusters (the Services in
+/// its namespace mirrored from a remote Service of the same name), which get the
+/// other-cluster tier, so traffic crosses clusters only when the local tiers
+/// cannot take it.
+pub const BALANCER_INCLUDE_MIRRORS: &str = "balancer.meshlink.io/include-mirrors";
+
 /// Standard EndpointSlice label naming the Service a slice belongs to.
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 

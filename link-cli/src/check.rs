@@ -1,7 +1,8 @@
 //! `meshlink check`, run against a source cluster: named checks with pass, warn or
-//! fail and a hint each, for the Link CRD, every Link (spec, trust bundles,
-//! gateway, mirror controller leadership, mirror endpoints, credentials, remote
-//! API, remote permissions), orphan mirrors and component versions. `--wait`
+//! fail and a hint each, for the Link CRD, every Link of every namespace or of
+//! `-n`'s (spec, trust bundles, gateway, mirror controller leadership, mirror
+//! endpoints, credentials, remote API, remote permissions), orphan mirrors and
+//! component versions. `--wait`
 //! retries until nothing fails or the time is up, with a spinner on a terminal.
 
 mod health;
@@ -73,7 +74,7 @@ pub async fn run(
     let target = connect(global).await?;
     let mut progress = progress::Progress::new(deadline);
     let checks = loop {
-        let checks = match all_checks(&target).await {
+        let checks = match all_checks(&target, global.namespace.as_deref()).await {
             Ok(checks) => checks,
             Err(e) => {
                 // The error line must not land after a half-drawn spinner.
@@ -107,7 +108,10 @@ pub async fn run(
     Ok((render(&checks, global.output)?, error))
 }
 
-async fn all_checks(target: &Target) -> Result<Vec<Check>, CliError> {
+/// Every check; with `namespace`, only that namespace's Links are checked (the
+/// orphan check still knows every Link, so another namespace's mirrors are not
+/// called orphans).
+async fn all_checks(target: &Target, namespace: Option<&str>) -> Result<Vec<Check>, CliError> {
     let links: Api<Link> = Api::all(target.client.clone());
     let links = match links.list(&ListParams::default()).await {
         Ok(list) => list.items,
@@ -120,12 +124,17 @@ async fn all_checks(target: &Target) -> Result<Vec<Check>, CliError> {
         }
         Err(e) => return Err(target.endpoint.error("listing Links", e)),
     };
+    let selected: Vec<&Link> = links
+        .iter()
+        .filter(|l| namespace.is_none_or(|ns| l.namespace().as_deref() == Some(ns)))
+        .collect();
+    let scope = namespace.map_or_else(String::new, |ns| format!(" in namespace {ns}"));
     let mut checks = vec![check(
         "Link CRD",
         Outcome::Pass,
-        format!("{} Link(s)", links.len()),
+        format!("{} Link(s){scope}", selected.len()),
     )];
-    for link in &links {
+    for link in selected {
         checks.extend(link_checks(target, link).await?);
     }
     checks.push(orphan_mirrors(target, &links).await?);

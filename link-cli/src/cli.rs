@@ -7,8 +7,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// Namespace of the control plane when `-n` is not given to `install`.
+pub const DEFAULT_CONTROL_PLANE_NAMESPACE: &str = "meshlink";
+
 /// Namespace of the multicluster components (gateway, Links, remote ServiceAccount)
-/// when `-n` is not given to `link`, `unlink` or `allow`.
+/// when `-n` is not given to `link`, `unlink` or `allow`; `install` derives it
+/// from the control plane's as `<namespace>-multicluster`, which gives this.
 pub const DEFAULT_MULTICLUSTER_NAMESPACE: &str = "meshlink-multicluster";
 
 const EXIT_CODES: &str = "\
@@ -39,14 +43,26 @@ pub struct GlobalArgs {
     /// Kubeconfig context to use (default: the current context).
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// Namespace: of the Service for export/unexport (default: the context's),
-    /// of the multicluster components for link/unlink/allow (default:
-    /// meshlink-multicluster).
+    /// Namespace. install: of the control plane (default: meshlink).
+    /// link/unlink/allow: of the multicluster components, where Links live
+    /// (default: meshlink-multicluster). check/gateways/failover status: only
+    /// that namespace's Links or TrafficSplits (default: all).
+    /// export/unexport: of the Service (default: the context's).
     #[arg(short, long, global = true, value_name = "NS")]
     pub namespace: Option<String>,
     /// Output format (manifests default to yaml, listings to table).
     #[arg(short, long, global = true, value_enum)]
     pub output: Option<OutputFormat>,
+}
+
+impl GlobalArgs {
+    /// The multicluster namespace of `link`, `unlink` and `allow`: `-n`, else
+    /// [`DEFAULT_MULTICLUSTER_NAMESPACE`].
+    pub fn multicluster_namespace(&self) -> &str {
+        self.namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_MULTICLUSTER_NAMESPACE)
+    }
 }
 
 /// How results are printed.
@@ -78,11 +94,12 @@ pub enum Command {
     /// Run against the SOURCE cluster: named checks of the Link CRD, every
     /// Link (spec, trust bundles, gateway, mirror controller leadership, mirror
     /// endpoints, credentials, remote API and permissions), orphan mirrors and
-    /// versions, with a hint for each problem. Exits 1 if a check fails.
+    /// versions, with a hint for each problem. Checks the Links of every
+    /// namespace, or of -n's only. Exits 1 if a check fails.
     Check(CheckArgs),
-    /// Run against the SOURCE cluster: one row per Link with its gateway's
-    /// last reported liveness, mirrored services, probe latency p50/p99 and
-    /// probe age.
+    /// Run against the SOURCE cluster: one row per Link (of every namespace,
+    /// or of -n's only) with its gateway's last reported liveness, mirrored
+    /// services, probe latency p50/p99 and probe age.
     Gateways,
     /// Live views read from proxies' and gateways' metrics endpoints.
     #[command(subcommand)]
@@ -91,8 +108,10 @@ pub enum Command {
     #[command(subcommand)]
     Failover(FailoverCommand),
     /// Print the control-plane and multicluster manifests (the charts in
-    /// charts/, rendered with the same values) for `kubectl apply -f -`, into
-    /// namespaces meshlink and meshlink-multicluster. Contacts no cluster.
+    /// charts/, rendered with the same values) for `kubectl apply -f -`: the
+    /// control plane in -n (default meshlink), the multicluster components in
+    /// --multicluster-namespace (default <namespace>-multicluster). Contacts no
+    /// cluster.
     Install(InstallArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
@@ -229,6 +248,10 @@ pub struct InstallArgs {
     /// Apply the charts' values-ha.yaml: replicas, PodDisruptionBudgets, anti-affinity.
     #[arg(long)]
     pub ha: bool,
+    /// Namespace of the multicluster components (gateway, mirrors, Links);
+    /// default: the control plane's namespace (-n) followed by `-multicluster`.
+    #[arg(long, value_name = "NS")]
+    pub multicluster_namespace: Option<String>,
     /// Set chart values like helm's --set (`controller.replicas=2`,
     /// `links[0].name=east`); repeatable, applies to each chart that has the key.
     #[arg(long, value_name = "KEY=VALUE")]
@@ -265,6 +288,33 @@ mod tests {
         let args = install(&["--ha", "--set", "a=1", "--set", "b=2"]);
         assert!(args.ha);
         assert_eq!(args.set, ["a=1", "b=2"]);
+    }
+
+    #[test]
+    fn namespace_flags_parse_for_install_and_the_link_commands() {
+        let cli = Cli::try_parse_from([
+            "meshlink",
+            "install",
+            "-n",
+            "mesh",
+            "--multicluster-namespace",
+            "links",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.namespace.as_deref(), Some("mesh"));
+        let Command::Install(args) = cli.command else {
+            panic!("not install")
+        };
+        assert_eq!(args.multicluster_namespace.as_deref(), Some("links"));
+        for verb in ["gateways", "check"] {
+            let cli = Cli::try_parse_from(["meshlink", verb, "-n", "links"]).unwrap();
+            assert_eq!(cli.global.multicluster_namespace(), "links");
+        }
+        let cli = Cli::try_parse_from(["meshlink", "unlink", "--cluster-name", "east"]).unwrap();
+        assert_eq!(
+            cli.global.multicluster_namespace(),
+            DEFAULT_MULTICLUSTER_NAMESPACE
+        );
     }
 
     #[test]

@@ -25,10 +25,7 @@ const HEADERS: [&str; 6] = [
 /// Runs `failover status`; returns what to print.
 pub async fn run(global: &GlobalArgs) -> Result<String, CliError> {
     let target = connect(global).await?;
-    let api: Api<TrafficSplit> = match &global.namespace {
-        Some(ns) => Api::namespaced(target.client.clone(), ns),
-        None => Api::all(target.client.clone()),
-    };
+    let api: Api<TrafficSplit> = target.api_in(global.namespace.as_deref());
     let splits = match api.list(&ListParams::default().labels(CONTROLLED_BY)).await {
         Ok(list) => list.items,
         Err(e) if is_not_found(&e) => {

@@ -1,7 +1,8 @@
-//! `meshlink gateways`, run against a source cluster: one row per Link with what
-//! its mirror controller last reported about the target's gateway: liveness,
-//! mirrored services, p50/p99 latency of its recent successful probes (the
-//! Link status' `probeLatency`) and the age of the last probe.
+//! `meshlink gateways`, run against a source cluster: one row per Link (of every
+//! namespace, or of `-n`'s) with what its mirror controller last reported about
+//! the target's gateway: liveness, mirrored services, p50/p99 latency of its
+//! recent successful probes (the Link status' `probeLatency`) and the age of the
+//! last probe.
 
 use api::link::Link;
 use k8s_openapi::jiff::Timestamp;
@@ -16,7 +17,7 @@ use crate::target::connect;
 /// Runs `gateways`; returns what to print.
 pub async fn run(global: &GlobalArgs) -> Result<String, CliError> {
     let target = connect(global).await?;
-    let links: Api<Link> = Api::all(target.client.clone());
+    let links: Api<Link> = target.api_in(global.namespace.as_deref());
     let links = match links.list(&ListParams::default()).await {
         Ok(list) => list.items,
         Err(e) if is_not_found(&e) => {

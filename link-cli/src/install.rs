@@ -1,21 +1,24 @@
 //! `meshlink install`: the manifests of the two charts in `charts/` (control plane
 //! `meshlink`, and `meshlink-multicluster`) for `kubectl apply -f -`, plus their
-//! two Namespaces. The chart files (values, HA values, CRDs) are embedded, and
+//! two Namespaces: `-n` (default `meshlink`) and `--multicluster-namespace`
+//! (default `<-n>-multicluster`), as `helm template -n` would place them. The chart files (values, HA values, CRDs) are embedded, and
 //! the templates are mirrored here object by object; `multicluster-tests/tests/
 //! charts.rs` asserts this output equals `helm template` for the same values, so
 //! a change to one side without the other fails a test.
 
+mod schema;
 mod values;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cli::{DEFAULT_MULTICLUSTER_NAMESPACE, InstallArgs, OutputFormat};
+use crate::cli::{DEFAULT_CONTROL_PLANE_NAMESPACE, GlobalArgs, InstallArgs};
 use crate::error::CliError;
 use crate::output;
 
-/// Namespace of the control-plane chart's objects.
-pub const CONTROL_PLANE_NAMESPACE: &str = "meshlink";
+/// The multicluster chart's value naming the control plane's namespace, which
+/// `install` takes from `-n`.
+const CONTROL_PLANE_NAMESPACE_KEY: &str = "controlPlaneNamespace";
 
 /// The charts' `appVersion`, which is the workspace version.
 const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -24,34 +27,73 @@ const CP_VALUES: &str = include_str!("../../charts/meshlink/values.yaml");
 const CP_VALUES_HA: &str = include_str!("../../charts/meshlink/values-ha.yaml");
 const MC_VALUES: &str = include_str!("../../charts/meshlink-multicluster/values.yaml");
 const MC_VALUES_HA: &str = include_str!("../../charts/meshlink-multicluster/values-ha.yaml");
+const CP_SCHEMA: &str = include_str!("../../charts/meshlink/values.schema.json");
+const MC_SCHEMA: &str = include_str!("../../charts/meshlink-multicluster/values.schema.json");
 /// The Link CRD as the multicluster chart ships it (a test keeps it equal to api/crds).
 pub const LINK_CRD: &str = include_str!("../../charts/meshlink-multicluster/crds/link.yaml");
 
 /// Runs `install`: renders without contacting any cluster.
-pub fn run(args: &InstallArgs, format: Option<OutputFormat>) -> Result<String, CliError> {
-    output::manifest_format(format)?;
-    let objects = render(args).map_err(CliError::Usage)?;
-    output::manifests(&objects, format)
+pub fn run(args: &InstallArgs, global: &GlobalArgs) -> Result<String, CliError> {
+    output::manifest_format(global.output)?;
+    let objects = render(args, global.namespace.as_deref()).map_err(CliError::Usage)?;
+    output::manifests(&objects, global.output)
 }
 
-/// Every object, Namespaces and CRDs first so `kubectl apply -f -` succeeds in one go.
-pub fn render(args: &InstallArgs) -> Result<Vec<Value>, String> {
-    let (cp, mc) = chart_values(args)?;
-    let cp: ControlPlane = typed("meshlink", cp)?;
-    let mc: Multicluster = typed("meshlink-multicluster", mc)?;
-    let mut objects = vec![
-        namespace(CONTROL_PLANE_NAMESPACE),
-        namespace(DEFAULT_MULTICLUSTER_NAMESPACE),
-    ];
+/// Where the two charts render.
+struct Namespaces {
+    control_plane: String,
+    multicluster: String,
+}
+
+impl Namespaces {
+    /// `-n` (default `meshlink`) and `--multicluster-namespace` (default
+    /// `<control plane>-multicluster`), both checked to be namespace names.
+    fn resolve(namespace: Option<&str>, multicluster: Option<&str>) -> Result<Self, String> {
+        let control_plane = namespace.unwrap_or(DEFAULT_CONTROL_PLANE_NAMESPACE);
+        let (multicluster, source) = match multicluster {
+            Some(name) => (name.to_owned(), "--multicluster-namespace"),
+            None => (
+                format!("{control_plane}-multicluster"),
+                "--multicluster-namespace (derived from -n; pass it shorter)",
+            ),
+        };
+        for (flag, name) in [("-n", control_plane), (source, &multicluster)] {
+            if !api::link::is_dns_label(name) {
+                return Err(format!(
+                    "{flag}: namespace {name:?} is not a DNS label (at most 63 lowercase letters, digits and '-', starting and ending alphanumeric)"
+                ));
+            }
+        }
+        if control_plane == multicluster {
+            return Err(format!(
+                "-n and --multicluster-namespace are both {multicluster:?}; the charts need two namespaces"
+            ));
+        }
+        Ok(Self {
+            control_plane: control_plane.to_owned(),
+            multicluster,
+        })
+    }
+}
+
+/// Every object, Namespaces and CRDs first so `kubectl apply -f -` succeeds in
+/// one go; `namespace_flag` is `-n`.
+pub fn render(args: &InstallArgs, namespace_flag: Option<&str>) -> Result<Vec<Value>, String> {
+    let ns = Namespaces::resolve(namespace_flag, args.multicluster_namespace.as_deref())?;
+    let (cp, mc) = chart_values(args, &ns)?;
+    let cp: ControlPlane = typed("meshlink", CP_SCHEMA, cp)?;
+    let mc: Multicluster = typed("meshlink-multicluster", MC_SCHEMA, mc)?;
+    let mut objects = vec![namespace(&ns.control_plane), namespace(&ns.multicluster)];
     objects.push(serde_yaml_ng::from_str(LINK_CRD).map_err(|e| format!("Link CRD: {e}"))?);
-    objects.extend(control_plane(&cp));
-    objects.extend(multicluster(&mc));
+    objects.extend(control_plane(&cp, &ns.control_plane));
+    objects.extend(multicluster(&mc, &ns.multicluster));
     Ok(objects)
 }
 
-/// Defaults, then the HA files, then `--gateway` and `--set` (each applied to the
-/// charts that have its top-level key).
-fn chart_values(args: &InstallArgs) -> Result<(Value, Value), String> {
+/// Defaults, then the HA files, then the control plane's namespace (the
+/// multicluster chart's `controlPlaneNamespace`), `--gateway` and `--set` (each
+/// applied to the charts that have its top-level key).
+fn chart_values(args: &InstallArgs, ns: &Namespaces) -> Result<(Value, Value), String> {
     let mut cp = values::parse_yaml("meshlink/values.yaml", CP_VALUES)?;
     let mut mc = values::parse_yaml("meshlink-multicluster/values.yaml", MC_VALUES)?;
     if args.ha {
@@ -62,13 +104,23 @@ fn chart_values(args: &InstallArgs) -> Result<(Value, Value), String> {
         let ha = values::parse_yaml("meshlink-multicluster/values-ha.yaml", MC_VALUES_HA)?;
         values::merge(&mut mc, &ha);
     }
-    let mut assignments = Vec::new();
+    let mut user = Vec::new();
+    for text in &args.set {
+        user.extend(values::parse_set(text)?);
+    }
+    if user.iter().any(|a| a.root() == CONTROL_PLANE_NAMESPACE_KEY) {
+        return Err(format!(
+            "--set {CONTROL_PLANE_NAMESPACE_KEY}: install puts the control plane in -n's namespace and sets it from there; use -n"
+        ));
+    }
+    let mut assignments = values::parse_set(&format!(
+        "{CONTROL_PLANE_NAMESPACE_KEY}={}",
+        ns.control_plane
+    ))?;
     if !args.gateway {
         assignments.extend(values::parse_set("gateway.enabled=false")?);
     }
-    for text in &args.set {
-        assignments.extend(values::parse_set(text)?);
-    }
+    assignments.extend(user);
     for a in &assignments {
         let mut known = false;
         for chart in [&mut cp, &mut mc] {
@@ -88,11 +140,23 @@ fn chart_values(args: &InstallArgs) -> Result<(Value, Value), String> {
     Ok((cp, mc))
 }
 
-fn typed<T: serde::de::DeserializeOwned>(chart: &str, values: Value) -> Result<T, String> {
-    serde_json::from_value(values).map_err(|e| {
-        format!("values of chart {chart}: {e}; check --set against charts/{chart}/values.yaml")
-    })
+/// `values` checked against the chart's `values.schema.json` (as helm does),
+/// then read into the chart's value types.
+fn typed<T: serde::de::DeserializeOwned>(
+    chart: &str,
+    schema: &str,
+    values: Value,
+) -> Result<T, String> {
+    let schema: Value = serde_json::from_str(schema)
+        .map_err(|e| format!("chart file {chart}/values.schema.json: {e}"))?;
+    schema::validate(&schema, &values).map_err(|e| {
+        format!("values of chart {chart}: {e}; see charts/{chart}/values.schema.json")
+    })?;
+    serde_json::from_value(values).map_err(|e| format!("values of chart {chart}: {e}"))
 }
+
+// The value types: what the templates read. The schema has already refused
+// unknown and mistyped values, so these only give them Rust types.
 
 /// Values both charts have.
 #[derive(Debug, Deserialize)]
@@ -108,11 +172,29 @@ struct Common {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct Image {
     registry: String,
     tag: String,
     pull_policy: String,
+}
+
+/// Values every component (controller, gateway, mirror) has.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Workload {
+    replicas: i64,
+    resources: Value,
+    pod_disruption_budget: Pdb,
+    node_selector: Value,
+    tolerations: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Pdb {
+    enabled: bool,
+    max_unavailable: Value,
 }
 
 /// Values of the `meshlink` chart.
@@ -126,23 +208,13 @@ struct ControlPlane {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct Controller {
-    replicas: i64,
+    #[serde(flatten)]
+    workload: Workload,
     discovery_port: u16,
     admin_port: u16,
     zone_costs_config_map: String,
-    resources: Value,
-    pod_disruption_budget: Pdb,
-    node_selector: Value,
-    tolerations: Value,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Pdb {
-    enabled: bool,
-    max_unavailable: Value,
 }
 
 /// Values of the `meshlink-multicluster` chart.
@@ -159,37 +231,31 @@ struct Multicluster {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct Gateway {
+    #[serde(flatten)]
+    workload: Workload,
     enabled: bool,
-    replicas: i64,
     port: u16,
     probe_port: u16,
     admin_port: u16,
     service_type: String,
     service_annotations: Value,
     identity_secret: String,
-    resources: Value,
-    pod_disruption_budget: Pdb,
-    node_selector: Value,
-    tolerations: Value,
+    balance_policy: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct Mirror {
-    replicas: i64,
+    #[serde(flatten)]
+    workload: Workload,
     lease_duration_seconds: u64,
     identity_secret: String,
     admin_port: u16,
-    resources: Value,
-    pod_disruption_budget: Pdb,
-    node_selector: Value,
-    tolerations: Value,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct LinkEntry {
     name: String,
 }
@@ -259,13 +325,7 @@ impl Ctx<'_> {
     }
 
     /// The pod spec fields every component shares (`mc.affinity`, `with` blocks).
-    fn pod_spec(
-        &self,
-        account: &str,
-        selector: &Value,
-        node_selector: &Value,
-        tolerations: &Value,
-    ) -> Value {
+    fn pod_spec(&self, account: &str, selector: &Value, w: &Workload) -> Value {
         let mut spec = json!({
             "serviceAccountName": account,
             "securityContext": self.common.pod_security_context,
@@ -280,40 +340,42 @@ impl Ctx<'_> {
                 ],
             }});
         }
-        if truthy(node_selector) {
-            spec["nodeSelector"] = node_selector.clone();
+        if truthy(&w.node_selector) {
+            spec["nodeSelector"] = w.node_selector.clone();
         }
-        if truthy(tolerations) {
-            spec["tolerations"] = tolerations.clone();
+        if truthy(&w.tolerations) {
+            spec["tolerations"] = w.tolerations.clone();
         }
         spec
     }
 
-    fn deployment(
+    /// The Deployment of `pod`, and its PodDisruptionBudget when enabled.
+    fn deployment_and_pdb(
         &self,
         name: &str,
-        replicas: i64,
+        w: &Workload,
         labels: &Value,
         selector: &Value,
         pod: Value,
-    ) -> Value {
-        json!({
+    ) -> Vec<Value> {
+        let mut objects = vec![json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": self.meta(name, labels),
             "spec": {
-                "replicas": replicas,
+                "replicas": w.replicas,
                 "selector": {"matchLabels": selector},
                 "template": {"metadata": {"labels": labels}, "spec": pod},
             },
-        })
-    }
-
-    fn pdb(&self, name: &str, pdb: &Pdb, labels: &Value, selector: &Value) -> Option<Value> {
-        pdb.enabled.then(|| json!({
-            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": self.meta(name, labels),
-            "spec": {"maxUnavailable": pdb.max_unavailable, "selector": {"matchLabels": selector}},
-        }))
+        })];
+        let pdb = &w.pod_disruption_budget;
+        if pdb.enabled {
+            objects.push(json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": self.meta(name, labels),
+                "spec": {"maxUnavailable": pdb.max_unavailable, "selector": {"matchLabels": selector}},
+            }));
+        }
+        objects
     }
 
     fn service_account(&self, name: &str, labels: &Value) -> Value {
@@ -345,29 +407,65 @@ fn rule(group: &str, resource: &str, verbs: &[&str]) -> Value {
     json!({"apiGroups": [group], "resources": [resource], "verbs": verbs})
 }
 
-/// A (Cluster)RoleBinding of `role` to ServiceAccount `account` in `account_ns`.
-fn role_binding(kind: &str, role: &str, meta: Value, account: &str, account_ns: &str) -> Value {
-    let role_kind = kind.trim_end_matches("Binding");
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_ns}],
-    })
+/// A Role or ClusterRole (`kind`) granting `rules`, and its binding of the same
+/// name to ServiceAccount `account` in `account_ns`; both carry `meta`.
+fn role_and_binding(
+    kind: &str,
+    meta: &Value,
+    rules: Value,
+    account: &str,
+    account_ns: &str,
+) -> [Value; 2] {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta, "rules": rules}),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": format!("{kind}Binding"), "metadata": meta,
+            "roleRef": {"apiGroup": RBAC, "kind": kind, "name": meta["name"]},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_ns}],
+        }),
+    ]
+}
+
+impl Ctx<'_> {
+    /// ServiceAccount `name` with a ClusterRole `cluster_name` granting
+    /// `cluster_rules` and a Role `name` (in this namespace) granting `rules`,
+    /// each bound to it.
+    fn account_with_roles(
+        &self,
+        name: &str,
+        labels: &Value,
+        cluster_name: &str,
+        cluster_rules: Value,
+        rules: Value,
+    ) -> Vec<Value> {
+        let cluster_meta = json!({"name": cluster_name, "labels": labels});
+        let mut objects = vec![self.service_account(name, labels)];
+        objects.extend(role_and_binding(
+            "ClusterRole",
+            &cluster_meta,
+            cluster_rules,
+            name,
+            self.namespace,
+        ));
+        let meta = self.meta(name, labels);
+        objects.extend(role_and_binding("Role", &meta, rules, name, self.namespace));
+        objects
+    }
 }
 
 /// The `meshlink` chart's templates.
-fn control_plane(v: &ControlPlane) -> Vec<Value> {
+fn control_plane(v: &ControlPlane, namespace: &str) -> Vec<Value> {
     let ctx = Ctx {
         chart: "meshlink",
-        namespace: CONTROL_PLANE_NAMESPACE,
+        namespace,
         common: &v.common,
     };
     let c = &v.controller;
     let name = "meshlink-controller";
     let labels = ctx.labels("controller");
     let selector = ctx.selector("controller");
-    let cluster_meta = json!({"name": name, "labels": labels});
-    let mut pod = ctx.pod_spec(name, &selector, &c.node_selector, &c.tolerations);
+    let mut pod = ctx.pod_spec(name, &selector, &c.workload);
     let args = vec![
         format!("--cluster-name={}", v.cluster_name),
         format!("--cluster-domain={}", v.common.cluster_domain),
@@ -378,60 +476,36 @@ fn control_plane(v: &ControlPlane) -> Vec<Value> {
             ctx.namespace, c.zone_costs_config_map
         ),
     ];
-    let mut container = ctx.container("controller", args, &c.resources);
+    let mut container = ctx.container("controller", args, &c.workload.resources);
     container["ports"] = json!([port("grpc", c.discovery_port), port("admin", c.admin_port)]);
     container["readinessProbe"] = probe("/ready", "admin");
     container["livenessProbe"] = probe("/live", "admin");
     pod["containers"] = json!([container]);
-    let mut objects = vec![
-        ctx.service_account(name, &labels),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta,
-            "rules": [
-                {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": ["get", "list", "watch"]},
-                rule("discovery.k8s.io", "endpointslices", &["get", "list", "watch"]),
-                rule("split.smi-spec.io", "trafficsplits", &["get", "list", "watch", "patch"]),
-                rule("events.k8s.io", "events", &["create", "patch"]),
-            ],
-        }),
-        role_binding(
-            "ClusterRoleBinding",
-            name,
-            cluster_meta.clone(),
-            name,
-            CONTROL_PLANE_NAMESPACE,
-        ),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": ctx.meta(name, &labels),
-            "rules": [rule("", "configmaps", &["get", "list", "watch"])],
-        }),
-        role_binding(
-            "RoleBinding",
-            name,
-            ctx.meta(name, &labels),
-            name,
-            ctx.namespace,
-        ),
-        json!({
-            "apiVersion": "v1", "kind": "Service", "metadata": ctx.meta(name, &labels),
-            "spec": {"type": "ClusterIP", "selector": selector, "ports": [
-                {"name": "grpc", "port": c.discovery_port, "targetPort": "grpc", "appProtocol": "grpc"},
-                {"name": "admin", "port": c.admin_port, "targetPort": "admin"},
-            ]},
-        }),
-        ctx.deployment(name, c.replicas, &labels, &selector, pod),
-    ];
-    objects.extend(ctx.pdb(name, &c.pod_disruption_budget, &labels, &selector));
+    let read = ["get", "list", "watch"];
+    let cluster_rules = json!([
+        {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": read},
+        rule("discovery.k8s.io", "endpointslices", &read),
+        rule("split.smi-spec.io", "trafficsplits", &["get", "list", "watch", "patch"]),
+        rule("events.k8s.io", "events", &["create", "patch"]),
+    ]);
+    let rules = json!([rule("", "configmaps", &read)]);
+    let mut objects = ctx.account_with_roles(name, &labels, name, cluster_rules, rules);
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": ctx.meta(name, &labels),
+        "spec": {"type": "ClusterIP", "selector": selector, "ports": [
+            {"name": "grpc", "port": c.discovery_port, "targetPort": "grpc", "appProtocol": "grpc"},
+            {"name": "admin", "port": c.admin_port, "targetPort": "admin"},
+        ]},
+    }));
+    objects.extend(ctx.deployment_and_pdb(name, &c.workload, &labels, &selector, pod));
     objects
 }
 
 /// The `meshlink-multicluster` chart's templates (CRDs are added by [`render`]).
-fn multicluster(v: &Multicluster) -> Vec<Value> {
-    let ns = DEFAULT_MULTICLUSTER_NAMESPACE;
+fn multicluster(v: &Multicluster, namespace: &str) -> Vec<Value> {
     let ctx = Ctx {
         chart: "meshlink-multicluster",
-        namespace: ns,
+        namespace,
         common: &v.common,
     };
     let mut objects = Vec::new();
@@ -470,7 +544,7 @@ fn gateway(ctx: &Ctx<'_>, v: &Multicluster) -> Vec<Value> {
     let mut service_meta = ctx.meta(name, &labels);
     service_meta["annotations"] = annotations;
     let domain = &v.common.cluster_domain;
-    let args = vec![
+    let mut args = vec![
         format!("--addr=0.0.0.0:{}", g.port),
         format!("--admin-addr=0.0.0.0:{}", g.admin_port),
         format!("--probe-addr=0.0.0.0:{}", g.probe_port),
@@ -483,7 +557,10 @@ fn gateway(ctx: &Ctx<'_>, v: &Multicluster) -> Vec<Value> {
         "--tls-key=/var/run/meshlink/identity/tls.key".into(),
         "--tls-trust=/var/run/meshlink/identity/ca.crt".into(),
     ];
-    let mut container = ctx.container("gateway", args, &g.resources);
+    if !g.balance_policy.is_empty() {
+        args.push(format!("--balance-policy={}", g.balance_policy));
+    }
+    let mut container = ctx.container("gateway", args, &g.workload.resources);
     container["ports"] = json!([
         port("mc-gateway", g.port),
         port("mc-probe", g.probe_port),
@@ -493,7 +570,7 @@ fn gateway(ctx: &Ctx<'_>, v: &Multicluster) -> Vec<Value> {
     container["livenessProbe"] = probe("/live", "admin");
     let (mount, volume) = identity_volume(&g.identity_secret);
     container["volumeMounts"] = mount;
-    let mut pod = ctx.pod_spec(name, &selector, &g.node_selector, &g.tolerations);
+    let mut pod = ctx.pod_spec(name, &selector, &g.workload);
     pod["containers"] = json!([container]);
     pod["volumes"] = volume;
     let mut objects = vec![
@@ -505,56 +582,31 @@ fn gateway(ctx: &Ctx<'_>, v: &Multicluster) -> Vec<Value> {
                 {"name": "mc-probe", "port": g.probe_port, "targetPort": "mc-probe"},
             ]},
         }),
-        ctx.deployment(name, g.replicas, &labels, &selector, pod),
     ];
-    objects.extend(ctx.pdb(name, &g.pod_disruption_budget, &labels, &selector));
+    objects.extend(ctx.deployment_and_pdb(name, &g.workload, &labels, &selector, pod));
     objects
 }
 
 fn mirror_rbac(ctx: &Ctx<'_>) -> Vec<Value> {
     let name = "meshlink-mirror";
     let labels = ctx.labels("mirror");
-    let cluster_name = format!("{name}-{}", ctx.namespace);
-    let cluster_meta = json!({"name": cluster_name, "labels": labels});
+    let rules = json!([
+        rule("multicluster.meshlink.io", "links", &["get", "list", "watch", "patch", "update"]),
+        rule("multicluster.meshlink.io", "links/status", &["get", "patch", "update"]),
+        rule("", "secrets", &["get", "list", "watch"]),
+        rule("coordination.k8s.io", "leases", &["get", "create", "update", "patch"]),
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]);
     let write = [
         "get", "list", "watch", "create", "update", "patch", "delete",
     ];
-    vec![
-        ctx.service_account(name, &labels),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": ctx.meta(name, &labels),
-            "rules": [
-                rule("multicluster.meshlink.io", "links", &["get", "list", "watch", "patch", "update"]),
-                rule("multicluster.meshlink.io", "links/status", &["get", "patch", "update"]),
-                rule("", "secrets", &["get", "list", "watch"]),
-                rule("coordination.k8s.io", "leases", &["get", "create", "update", "patch"]),
-                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-            ],
-        }),
-        role_binding(
-            "RoleBinding",
-            name,
-            ctx.meta(name, &labels),
-            name,
-            ctx.namespace,
-        ),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta,
-            "rules": [
-                rule("", "services", &write),
-                rule("discovery.k8s.io", "endpointslices", &write),
-                rule("", "namespaces", &["get", "list", "watch", "create"]),
-            ],
-        }),
-        role_binding(
-            "ClusterRoleBinding",
-            &cluster_name,
-            cluster_meta.clone(),
-            name,
-            ctx.namespace,
-        ),
-    ]
+    let cluster_rules = json!([
+        rule("", "services", &write),
+        rule("discovery.k8s.io", "endpointslices", &write),
+        rule("", "namespaces", &["get", "list", "watch", "create"]),
+    ]);
+    let cluster_name = format!("{name}-{}", ctx.namespace);
+    ctx.account_with_roles(name, &labels, &cluster_name, cluster_rules, rules)
 }
 
 fn mirror(ctx: &Ctx<'_>, m: &Mirror, link: &str) -> Vec<Value> {
@@ -569,23 +621,16 @@ fn mirror(ctx: &Ctx<'_>, m: &Mirror, link: &str) -> Vec<Value> {
         "--identity-dir=/var/run/meshlink/identity".into(),
         format!("--lease-duration-secs={}", m.lease_duration_seconds),
     ];
-    let mut container = ctx.container("mirror", args, &m.resources);
+    let mut container = ctx.container("mirror", args, &m.workload.resources);
     container["ports"] = json!([port("admin", m.admin_port)]);
     container["readinessProbe"] = probe("/ready", "admin");
     container["livenessProbe"] = probe("/live", "admin");
     let (mount, volume) = identity_volume(&m.identity_secret);
     container["volumeMounts"] = mount;
-    let mut pod = ctx.pod_spec(
-        "meshlink-mirror",
-        &selector,
-        &m.node_selector,
-        &m.tolerations,
-    );
+    let mut pod = ctx.pod_spec("meshlink-mirror", &selector, &m.workload);
     pod["containers"] = json!([container]);
     pod["volumes"] = volume;
-    let mut objects = vec![ctx.deployment(&name, m.replicas, &labels, &selector, pod)];
-    objects.extend(ctx.pdb(&name, &m.pod_disruption_budget, &labels, &selector));
-    objects
+    ctx.deployment_and_pdb(&name, &m.workload, &labels, &selector, pod)
 }
 
 #[cfg(test)]

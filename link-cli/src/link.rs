@@ -11,7 +11,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Resource;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
-use crate::cli::{DEFAULT_MULTICLUSTER_NAMESPACE, GlobalArgs, LinkArgs};
+use crate::cli::{GlobalArgs, LinkArgs};
 use crate::error::CliError;
 use crate::rbac::{RemoteAccess, remote_mirror_access};
 use crate::render::{
@@ -34,10 +34,7 @@ fn inputs(global: &GlobalArgs, args: &LinkArgs) -> Result<Inputs, CliError> {
     output::manifest_format(global.output)?;
     let selector = args.selector.as_deref().map(parse_selector).transpose();
     Ok(Inputs {
-        namespace: global
-            .namespace
-            .clone()
-            .unwrap_or_else(|| DEFAULT_MULTICLUSTER_NAMESPACE.to_owned()),
+        namespace: global.multicluster_namespace().to_owned(),
         ttl: parse_ttl(&args.token_ttl).map_err(CliError::Usage)?,
         selector: selector.map_err(CliError::Usage)?,
         trust_bundle: args

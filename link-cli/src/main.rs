@@ -27,7 +27,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, DEFAULT_MULTICLUSTER_NAMESPACE, FailoverCommand};
+use crate::cli::{Cli, Command, FailoverCommand};
 use crate::error::CliError;
 
 /// Field manager for everything the CLI server-side applies.
@@ -77,10 +77,7 @@ async fn run_simple(cli: &Cli) -> Result<String, CliError> {
         }
         Command::Unexport(args) => export::run(global, &args.service, None).await,
         Command::Allow(args) => {
-            let namespace = global
-                .namespace
-                .as_deref()
-                .unwrap_or(DEFAULT_MULTICLUSTER_NAMESPACE);
+            let namespace = global.multicluster_namespace();
             let access = rbac::remote_mirror_access(namespace, &args.service_account);
             output::manifests(&access.to_values()?, global.output)
         }
@@ -93,7 +90,7 @@ async fn run_simple(cli: &Cli) -> Result<String, CliError> {
         Command::Failover(FailoverCommand::Status) => failover::run(global).await,
         // Handled by `run`, which keeps the report when a check fails.
         Command::Check(_) => Ok(String::new()),
-        Command::Install(args) => install::run(args, global.output),
+        Command::Install(args) => install::run(args, global),
         Command::Completion(args) => {
             let mut script = Vec::new();
             clap_complete::generate(args.shell, &mut Cli::command(), "meshlink", &mut script);

@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
+use kube::Resource;
+use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::NamespaceResourceScope;
 
 use crate::cli::GlobalArgs;
 use crate::error::{CliError, Endpoint};
@@ -23,6 +26,19 @@ pub struct Target {
 }
 
 impl Target {
+    /// An API for `K` in `namespace`, or in every namespace when it is `None`
+    /// (listings that take `-n` as a filter).
+    pub fn api_in<K>(&self, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
     /// The namespace from `-n`, else the context's namespace.
     pub fn namespace(&self, global: &GlobalArgs) -> String {
         global

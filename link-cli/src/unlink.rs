@@ -13,7 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams};
 use kube::{Resource, ResourceExt};
 
-use crate::cli::{DEFAULT_MULTICLUSTER_NAMESPACE, GlobalArgs, OutputFormat, UnlinkArgs};
+use crate::cli::{GlobalArgs, OutputFormat, UnlinkArgs};
 use crate::error::{CliError, is_not_found};
 use crate::output;
 use crate::target::{Target, connect};
@@ -32,11 +32,8 @@ pub struct Owned {
 /// Runs `unlink`; returns what to print.
 pub async fn run(global: &GlobalArgs, args: &UnlinkArgs) -> Result<String, CliError> {
     let target = connect(global).await?;
-    let namespace = global
-        .namespace
-        .clone()
-        .unwrap_or_else(|| DEFAULT_MULTICLUSTER_NAMESPACE.to_owned());
-    let owned = find_owned(&target, &namespace, &args.cluster_name).await?;
+    let namespace = global.multicluster_namespace();
+    let owned = find_owned(&target, namespace, &args.cluster_name).await?;
     if args.apply {
         for object in &owned {
             delete(&target, object).await?;

@@ -152,6 +152,21 @@ fn bad_input_gives_one_clear_line_and_the_documented_exit_code() {
             vec!["install", "--set", "links[x].name=east"],
             2,
         ),
+        (
+            "install: a string for a port",
+            vec!["install", "--set", "gateway.port=http"],
+            2,
+        ),
+        (
+            "install: unknown balance policy",
+            vec!["install", "--set", "gateway.balancePolicy=fastest"],
+            2,
+        ),
+        (
+            "install: bad namespace",
+            vec!["install", "-n", "Mesh_System"],
+            2,
+        ),
     ];
     let mut transcript = String::new();
     for (name, args, code) in cases {

@@ -1,7 +1,8 @@
 //! The Helm charts in `charts/` against helm itself (built from Go modules by
 //! `go/build.sh helm`): `helm lint --strict` is clean, and `meshlink install`
 //! renders exactly what `helm template` renders from the same values (default,
-//! HA, `--gateway=false`, `--set`), compared as parsed YAML documents.
+//! HA, `--gateway=false`, `--set`, other namespaces), compared as parsed YAML
+//! documents.
 //!
 //! Needs the `meshlink` binary in the same target directory (`cargo build -p link-cli`).
 
@@ -71,13 +72,20 @@ struct Scenario {
     install: Vec<&'static str>,
     helm_sets: Vec<&'static str>,
     ha: bool,
+    /// The control plane's and the multicluster namespace (helm's `-n` for
+    /// each chart; the multicluster chart also gets `controlPlaneNamespace`).
+    namespaces: [&'static str; 2],
 }
+
+/// The default namespaces.
+const DEFAULT_NAMESPACES: [&str; 2] = ["meshlink", "meshlink-multicluster"];
 
 fn helm_template(helm: &Path, scenario: &Scenario) -> BTreeMap<String, Value> {
     let mut all = BTreeMap::new();
+    let [control_plane, multicluster] = scenario.namespaces;
     for (name, namespace) in [
-        ("meshlink", "meshlink"),
-        ("meshlink-multicluster", "meshlink-multicluster"),
+        ("meshlink", control_plane),
+        ("meshlink-multicluster", multicluster),
     ] {
         let dir = chart(name);
         let mut args: Vec<String> = ["template", name, dir.to_str().unwrap()]
@@ -94,8 +102,21 @@ fn helm_template(helm: &Path, scenario: &Scenario) -> BTreeMap<String, Value> {
                 dir.join("values-ha.yaml").display().to_string(),
             ]);
         }
+        // Like `meshlink install`, each chart gets the values it has: its
+        // schema refuses the other chart's.
+        let values = std::fs::read_to_string(dir.join("values.yaml")).unwrap();
+        let values: Value = serde_yaml_ng::from_str(&values).unwrap();
         for set in &scenario.helm_sets {
-            args.extend(["--set".into(), (*set).to_owned()]);
+            let root = set.split(['.', '[', '=']).next().unwrap();
+            if values.get(root).is_some() {
+                args.extend(["--set".into(), (*set).to_owned()]);
+            }
+        }
+        if name == "meshlink-multicluster" {
+            args.extend([
+                "--set".into(),
+                format!("controlPlaneNamespace={control_plane}"),
+            ]);
         }
         all.extend(documents(&run(helm, &args)));
     }
@@ -112,10 +133,10 @@ fn meshlink_install(scenario: &Scenario) -> BTreeMap<String, Value> {
         .filter(|k| k.starts_with("Namespace/"))
         .cloned()
         .collect();
-    assert_eq!(
-        namespaces,
-        ["Namespace//meshlink", "Namespace//meshlink-multicluster"]
-    );
+    let expected = scenario.namespaces.map(|n| format!("Namespace//{n}"));
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(namespaces, expected);
     docs.retain(|k, _| !k.starts_with("Namespace/"));
     docs
 }
@@ -150,6 +171,7 @@ fn meshlink_install_equals_helm_template_by_default() {
         install: vec![],
         helm_sets: vec![],
         ha: false,
+        namespaces: DEFAULT_NAMESPACES,
     };
     let kinds = [
         "CustomResourceDefinition/",
@@ -167,6 +189,7 @@ fn meshlink_install_equals_helm_template_with_ha_values_and_links() {
         install: vec!["--ha", "--set", "links[0].name=east,links[1].name=north"],
         helm_sets: vec!["links[0].name=east,links[1].name=north"],
         ha: true,
+        namespaces: DEFAULT_NAMESPACES,
     };
     let kinds = [
         "PodDisruptionBudget/meshlink/meshlink-controller",
@@ -184,6 +207,7 @@ fn meshlink_install_equals_helm_template_without_the_gateway() {
         install: vec!["--gateway=false", "--set", "links[0].name=east"],
         helm_sets: vec!["gateway.enabled=false", "links[0].name=east"],
         ha: false,
+        namespaces: DEFAULT_NAMESPACES,
     };
     assert_same(
         "gateway=false",
@@ -201,6 +225,7 @@ fn meshlink_install_equals_helm_template_with_set_values() {
         "image.tag=dev",
         "controller.replicas=2",
         "gateway.serviceType=NodePort",
+        "gateway.balancePolicy=cheapest",
         "gateway.serviceAnnotations.team=net",
         "mirror.nodeSelector.pool=infra",
         "controller.podDisruptionBudget.enabled=true",
@@ -217,6 +242,7 @@ fn meshlink_install_equals_helm_template_with_set_values() {
         install,
         helm_sets: with_link,
         ha: false,
+        namespaces: DEFAULT_NAMESPACES,
     };
     assert_same(
         "set",
@@ -226,20 +252,113 @@ fn meshlink_install_equals_helm_template_with_set_values() {
 }
 
 #[test]
+fn meshlink_install_equals_helm_template_in_other_namespaces() {
+    // -n alone: the multicluster namespace is derived from it.
+    let derived = Scenario {
+        install: vec!["-n", "mesh", "--set", "links[0].name=east"],
+        helm_sets: vec!["links[0].name=east"],
+        ha: false,
+        namespaces: ["mesh", "mesh-multicluster"],
+    };
+    let kinds = [
+        "Deployment/mesh/meshlink-controller",
+        "RoleBinding/mesh/meshlink-controller",
+        "Service/mesh-multicluster/meshlink-gateway",
+        "Deployment/mesh-multicluster/meshlink-mirror-east",
+        "ClusterRole//meshlink-mirror-mesh-multicluster",
+    ];
+    assert_same("-n mesh", &derived, &kinds);
+    // Both set, with HA (anti-affinity and PDBs in both namespaces).
+    let both = Scenario {
+        install: vec![
+            "--namespace",
+            "mesh-system",
+            "--multicluster-namespace",
+            "links",
+            "--ha",
+            "--set",
+            "links[0].name=east",
+        ],
+        helm_sets: vec!["links[0].name=east"],
+        ha: true,
+        namespaces: ["mesh-system", "links"],
+    };
+    let kinds = [
+        "PodDisruptionBudget/mesh-system/meshlink-controller",
+        "PodDisruptionBudget/links/meshlink-gateway",
+        "Role/links/meshlink-mirror",
+    ];
+    assert_same(
+        "-n mesh-system --multicluster-namespace links",
+        &both,
+        &kinds,
+    );
+}
+
+/// A value of the wrong type, or outside its set, is refused by helm (`template`
+/// and `lint --strict`, through the chart's `values.schema.json`) and by
+/// `meshlink install` (one line, usage exit code), each naming the field.
+#[test]
+fn bad_values_are_refused_by_helm_and_by_meshlink_install_naming_the_field() {
+    let helm = Binaries::helm().unwrap();
+    let dir = chart("meshlink-multicluster").display().to_string();
+    for (set, helm_says, meshlink_says) in [
+        (
+            "gateway.port=http",
+            "at '/gateway/port': got string, want integer",
+            "gateway.port: got string \"http\", want integer",
+        ),
+        (
+            "gateway.balancePolicy=fastest",
+            "at '/gateway/balancePolicy': value must be one of",
+            "gateway.balancePolicy: got \"fastest\", want one of",
+        ),
+    ] {
+        for verb in [["template", "x"], ["lint", "--strict"]] {
+            let out = Command::new(&helm)
+                .args(verb)
+                .args([dir.as_str(), "--set", set])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "helm {verb:?} --set {set} passed:\n{text}"
+            );
+            assert!(
+                text.contains(helm_says),
+                "helm {verb:?} --set {set}:\n{text}"
+            );
+        }
+        let out = Command::new(meshlink_binary("meshlink").unwrap())
+            .args(["install", "--set", set])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(out.stdout.is_empty());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error: values of chart meshlink-multicluster: ")
+                && stderr.contains(meshlink_says),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn helm_lint_is_clean_for_both_charts_default_and_ha() {
     let helm = Binaries::helm().unwrap();
-    for name in ["meshlink", "meshlink-multicluster"] {
+    for (name, set) in [
+        ("meshlink", "clusterName=west"),
+        ("meshlink-multicluster", "links[0].name=east"),
+    ] {
         let dir = chart(name);
         let ha = dir.join("values-ha.yaml").display().to_string();
         let d = dir.display().to_string();
         for extra in [
             vec![],
-            vec![
-                "-f".to_owned(),
-                ha,
-                "--set".into(),
-                "links[0].name=east".into(),
-            ],
+            vec!["-f".to_owned(), ha, "--set".into(), set.into()],
         ] {
             let mut args = vec!["lint".to_owned(), "--strict".into(), d.clone()];
             args.extend(extra);

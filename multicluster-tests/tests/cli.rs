@@ -691,6 +691,15 @@ async fn check_passes_on_a_healthy_link_and_names_the_failing_check_with_its_hin
         "{}",
         run.stdout
     );
+    // -n narrows gateways and check to one namespace's Links.
+    let run = meshlink(west, &["-n", MC_NS, "gateways"]);
+    assert!(run.stdout.contains("198.18.0.40:4143"), "{}", run.stdout);
+    let run = meshlink(west, &["-n", "elsewhere", "gateways"]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "no Links\n"));
+    let run = meshlink(west, &["-n", "elsewhere", "check"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(check_line(&run, "Link CRD").contains("0 Link(s) in namespace elsewhere"));
+    assert!(!run.stdout.contains("link east"), "{}", run.stdout);
 
     set_gateway_alive(&links, false).await;
     let run = meshlink(west, &["check"]);
@@ -832,6 +841,21 @@ async fn install_output_applies_to_a_real_apiserver_with_strict_validation() {
     assert!(
         !applied.iter().any(|k| k.contains("meshlink-gateway")),
         "{applied:?}"
+    );
+    // Another control-plane namespace, the multicluster one derived from it.
+    let applied = install(west, &["-n", "mesh", "--set", "links[0].name=east"]).await;
+    assert!(
+        applied.contains(&"\"Namespace\"/\"mesh-multicluster\"".to_owned()),
+        "{applied:?}"
+    );
+    let moved: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "mesh-multicluster");
+    assert!(
+        moved
+            .get_opt("meshlink-mirror-east")
+            .await
+            .unwrap()
+            .is_some()
     );
     // What the chart set is what the apiserver stored.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =

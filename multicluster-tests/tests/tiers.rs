@@ -1,12 +1,26 @@
 //! Cost-tiered, zone-aware balancing on a real apiserver (issue 8): a cluster
 //! with three zones, endpoints in each, latency injected in user space, and a
-//! client proxy per zone subscribing from its zone through the controller.
+//! client proxy per zone subscribing from its zone through the controller; and
+//! two linked clusters, where a Service that includes its mirrors falls back to
+//! the other cluster (tier 2) when every local endpoint is gone.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
+use api::labels::BALANCER_INCLUDE_MIRRORS;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
+use multicluster_tests::failover::{
+    Load, answers_between, failed_between, spawn_app, spawn_readiness, time_to_backup,
+};
+use multicluster_tests::scenario::{
+    APP_NAMESPACE, APP_PORT, APP_SERVICE, CLIENT_OUTBOUND_PORT, REMOTE_AUTHORITY,
+};
 use multicluster_tests::zonelab::{ClientProxy, ZoneLab, ZoneStats, load};
-use multicluster_tests::{Harness, meshlink_binary};
+use multicluster_tests::{Harness, Scenario, meshlink_binary};
 use tokio::time::Instant;
 
 const ZONES: [&str; 3] = ["west-a", "west-b", "west-c"];
@@ -187,4 +201,104 @@ fn summary(s: &ZoneStats) -> String {
         s.quantile(0.5),
         s.quantile(0.99)
     )
+}
+
+/// The east app's answer (its pod's name) and the west one's.
+const EAST_APP: &str = "svc-1";
+const WEST_APP: &str = "svc-west";
+/// Steady idempotent load: GETs per second over this many connections.
+const RPS: u32 = 200;
+const CONNECTIONS: u32 = 20;
+/// How long after the kill failures and the move to east are measured.
+const WINDOW: Duration = Duration::from_secs(3);
+
+/// West's `demo/svc` has one local pod and includes its mirror `svc-east`
+/// (east's `svc`, through east's gateway). Healthy, every request stays in
+/// west; when the local pod dies, requests go to east with no failures; when
+/// it returns, they come back.
+#[tokio::test]
+async fn a_dead_local_cluster_sends_traffic_to_the_other_cluster_without_errors() -> Result<()> {
+    multicluster_tests::init_tracing();
+    let harness = Harness::builder()
+        .cluster("east")
+        .cluster("west")
+        .start()
+        .await?;
+    let scenario = Scenario::start(&harness, &mut |line| println!("{line}")).await?;
+    let west = harness.cluster("west");
+    let pod = west.create_pod(WEST_APP, &west.zones()[0])?;
+    spawn_app(&pod, WEST_APP)?;
+    pod.wait_listening(APP_PORT, CONVERGE).await?;
+    west.publish(APP_NAMESPACE, APP_SERVICE, APP_PORT, &[&pod])
+        .await?;
+    let annotation = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": APP_SERVICE, "annotations": {BALANCER_INCLUDE_MIRRORS: "true"}},
+    });
+    Api::<Service>::namespaced(west.client(), APP_NAMESPACE)
+        .patch(
+            APP_SERVICE,
+            &PatchParams::apply("tiers-test"),
+            &Patch::Apply(annotation),
+        )
+        .await?;
+    let apps = Arc::new(BTreeMap::from([(APP_SERVICE.to_string(), pod)]));
+    let readiness = spawn_readiness(west.client(), APP_NAMESPACE, apps.clone());
+    let client = scenario
+        .start_client_to(&harness, "tier-client", REMOTE_AUTHORITY, &[])
+        .await?;
+    let addr = SocketAddr::from((client.ip(), CLIENT_OUTBOUND_PORT));
+    let load = Load::start(addr, REMOTE_AUTHORITY, RPS, CONNECTIONS);
+
+    // Healthy: a steady second of answers, all from west.
+    let healthy = Instant::now() + Duration::from_secs(1);
+    tokio::time::sleep_until(healthy + Duration::from_secs(2)).await;
+    let answers = answers_between(&load.samples(), healthy, healthy + Duration::from_secs(2));
+    ensure!(
+        answers.len() == 1 && answers.get(WEST_APP).is_some_and(|n| *n > 200),
+        "healthy traffic left west: {answers:?}"
+    );
+
+    // West's only pod dies: tier 2 takes over at once, without failures.
+    let kill = Instant::now();
+    apps[APP_SERVICE].kill_processes();
+    tokio::time::sleep_until(kill + WINDOW).await;
+    let samples = load.samples();
+    let failed = failed_between(&samples, kill, kill + WINDOW);
+    let to_east = time_to_backup(&samples, kill, kill + WINDOW, &[EAST_APP])
+        .with_context(|| format!("{:?}", answers_between(&samples, kill, kill + WINDOW)))?;
+    let failures: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.sent >= kill && s.backend.is_none())
+        .map(|s| s.failure.as_str())
+        .collect();
+    println!("west down: {failed} failed {failures:?}, 99% on east after {to_east:?}");
+    ensure!(
+        failed == 0,
+        "{failed} idempotent requests failed: {failures:?}"
+    );
+    ensure!(to_east < Duration::from_secs(1), "{to_east:?}");
+
+    // It returns: traffic comes back to west, still without failures.
+    let revive = Instant::now();
+    spawn_app(&apps[APP_SERVICE], WEST_APP)?;
+    let deadline = revive + CONVERGE;
+    let back = loop {
+        let now = Instant::now();
+        let recent = answers_between(&load.samples(), now - Duration::from_secs(1), now);
+        if recent.len() == 1 && recent.contains_key(WEST_APP) {
+            break now;
+        }
+        ensure!(now < deadline, "traffic never returned to west: {recent:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let samples = load.stop();
+    readiness.abort();
+    let failed = failed_between(&samples, revive, back);
+    println!(
+        "west back: all in west again {:?} after the restart, {failed} failed",
+        back - revive
+    );
+    ensure!(failed == 0, "{failed} requests failed while west returned");
+    Ok(())
 }

@@ -88,6 +88,16 @@ impl Failover {
         }
     }
 
+    /// Whether any endpoint is marked dead now (one lock; forgets expired marks).
+    pub fn any_dead(&self) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let mut dead = self.lock_dead();
+        dead.retain(|_, at| at.elapsed() < DEAD_FOR);
+        !dead.is_empty()
+    }
+
     /// Counts one request towards the retry budget.
     pub fn deposit(&self) {
         let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
@@ -151,8 +161,10 @@ mod tests {
         assert!(f.is_dead(addr));
         f.succeeded(addr, before);
         assert!(f.is_dead(addr), "a success that started before the failure");
+        assert!(f.any_dead());
         f.succeeded(addr, Instant::now());
         assert!(!f.is_dead(addr));
+        assert!(!f.any_dead());
         let off = Failover::new(false);
         off.failed(addr);
         assert!(!off.is_dead(addr));

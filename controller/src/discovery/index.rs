@@ -8,13 +8,14 @@
 //! change is proportional to the number of distinct (port, zone) pairs watched,
 //! not to the number of proxies.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use api::discovery::{Endpoint, ProtocolHint};
 use api::labels::{
-    BALANCER_TIERS, CLUSTER_NAME, ENDPOINT_IDENTITY, REMOTE_SVC_FQ_NAME, SERVICE_NAME,
+    BALANCER_INCLUDE_MIRRORS, BALANCER_TIERS, CLUSTER_NAME, ENDPOINT_IDENTITY, REMOTE_SERVICE_NAME,
+    REMOTE_SVC_FQ_NAME, SERVICE_NAME,
 };
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -56,8 +57,13 @@ struct ServiceInfo {
     ports: HashMap<u16, String>,
     /// Set for mirror Services: the source cluster and the remote Service's name.
     mirror: Option<(String, String)>,
+    /// For mirror Services: the local Service of the remote one's name, whose
+    /// endpoint set this mirror joins if that Service includes its mirrors.
+    mirror_of: Option<ServiceKey>,
     /// Tier overrides from the Service's annotation.
     tiers: Option<TierOverrides>,
+    /// Whether the endpoints of this Service's mirrors join its own.
+    include_mirrors: bool,
 }
 
 /// The parts of an EndpointSlice discovery needs.
@@ -78,6 +84,8 @@ pub struct Index {
     services: HashMap<ServiceKey, ServiceInfo>,
     slices: HashMap<ServiceKey, HashMap<String, SliceInfo>>,
     cluster_ips: HashMap<IpAddr, ServiceKey>,
+    /// Local Service → the mirrors of remote Services of its name.
+    mirrors: HashMap<ServiceKey, BTreeSet<ServiceKey>>,
     subscriptions: HashMap<ServiceKey, HashMap<Subscription, watch::Sender<Arc<Destination>>>>,
     /// Tier overrides from Namespace annotations.
     namespace_tiers: HashMap<String, TierOverrides>,
@@ -93,6 +101,7 @@ impl Index {
             services: HashMap::new(),
             slices: HashMap::new(),
             cluster_ips: HashMap::new(),
+            mirrors: HashMap::new(),
             subscriptions: HashMap::new(),
             namespace_tiers: HashMap::new(),
             zone_costs: ZoneCosts::default(),
@@ -154,7 +163,14 @@ impl Index {
         for ip in &info.cluster_ips {
             self.cluster_ips.insert(*ip, key.clone());
         }
-        self.services.insert(key.clone(), info);
+        let old = self.services.insert(key.clone(), info);
+        let old_local = old.and_then(|o| o.mirror_of);
+        if old_local != self.services[&key].mirror_of {
+            self.unlink_mirror(&key, old_local);
+        }
+        if let Some(local) = self.services[&key].mirror_of.clone() {
+            self.mirrors.entry(local).or_default().insert(key.clone());
+        }
         self.publish(&key);
     }
 
@@ -164,10 +180,23 @@ impl Index {
             namespace: namespace.into(),
             name: name.into(),
         };
-        if self.services.remove(&key).is_some() {
+        if let Some(old) = self.services.remove(&key) {
             self.cluster_ips.retain(|_, k| *k != key);
             self.publish(&key);
+            self.unlink_mirror(&key, old.mirror_of);
         }
+    }
+
+    /// Forgets that `mirror` joined `local`'s set, and republishes `local`.
+    fn unlink_mirror(&mut self, mirror: &ServiceKey, local: Option<ServiceKey>) {
+        let Some(local) = local else { return };
+        if let Some(set) = self.mirrors.get_mut(&local) {
+            set.remove(mirror);
+            if set.is_empty() {
+                self.mirrors.remove(&local);
+            }
+        }
+        self.publish_one(&local);
     }
 
     /// Replaces every Service with `svcs` (after a watch restart).
@@ -238,9 +267,18 @@ impl Index {
         }
     }
 
+    /// Recomputes the subscriptions `key` affects: its own and, for a mirror,
+    /// those of the local Service whose set it may join.
+    fn publish(&mut self, key: &ServiceKey) {
+        self.publish_one(key);
+        if let Some(local) = self.services.get(key).and_then(|s| s.mirror_of.clone()) {
+            self.publish_one(&local);
+        }
+    }
+
     /// Recomputes every subscription of `key`, notifying only on change, and
     /// forgets channels whose subscribers have all gone.
-    fn publish(&mut self, key: &ServiceKey) {
+    fn publish_one(&mut self, key: &ServiceKey) {
         let Some(mut subs) = self.subscriptions.remove(key) else {
             return;
         };
@@ -268,6 +306,31 @@ impl Index {
             return Destination::NoSuchService;
         };
         let mut endpoints = BTreeMap::new();
+        self.collect(key, svc, port_name, svc, sub, &mut endpoints);
+        let mirrors = self.mirrors.get(key).filter(|_| svc.include_mirrors);
+        for mirror_key in mirrors.into_iter().flatten() {
+            // A mirror keeps the remote Service's port numbers.
+            let Some(mirror) = self.services.get(mirror_key) else {
+                continue;
+            };
+            if let Some(port_name) = mirror.ports.get(&sub.port) {
+                self.collect(mirror_key, mirror, port_name, svc, sub, &mut endpoints);
+            }
+        }
+        Destination::Endpoints(endpoints)
+    }
+
+    /// Adds the ready endpoints of `key`'s slices on `port_name`, with the tier
+    /// overrides of `subscribed` (the Service the subscriber asked for).
+    fn collect(
+        &self,
+        key: &ServiceKey,
+        svc: &ServiceInfo,
+        port_name: &str,
+        subscribed: &ServiceInfo,
+        sub: &Subscription,
+        endpoints: &mut BTreeMap<String, Endpoint>,
+    ) {
         for slice in self.slices.get(key).into_iter().flat_map(HashMap::values) {
             let Some(&(target_port, hint)) = slice.ports.get(port_name) else {
                 continue;
@@ -275,7 +338,7 @@ impl Index {
             for (ip, zone) in &slice.endpoints {
                 let ep = self.endpoint(
                     key,
-                    svc,
+                    (svc, subscribed),
                     slice,
                     sub,
                     SocketAddr::new(*ip, target_port),
@@ -285,14 +348,14 @@ impl Index {
                 endpoints.insert(ep.address.clone(), ep);
             }
         }
-        Destination::Endpoints(endpoints)
     }
 
+    /// One endpoint of `svc`, tiered with the overrides of `subscribed`.
     #[allow(clippy::too_many_arguments)] // one endpoint's inputs, each used once
     fn endpoint(
         &self,
         key: &ServiceKey,
-        svc: &ServiceInfo,
+        (svc, subscribed): (&ServiceInfo, &ServiceInfo),
         slice: &SliceInfo,
         sub: &Subscription,
         addr: SocketAddr,
@@ -315,7 +378,7 @@ impl Index {
             locality,
             &sub.zone,
             &zone,
-            svc.tiers.as_ref(),
+            subscribed.tiers.as_ref(),
             self.namespace_tiers.get(&key.namespace),
             &self.zone_costs,
         );
@@ -371,10 +434,17 @@ fn service_info(svc: &Service) -> ServiceInfo {
             .cloned()
     };
     let mirror = label(CLUSTER_NAME).zip(annotation(REMOTE_SVC_FQ_NAME));
+    let mirror_of = mirror
+        .as_ref()
+        .and(label(REMOTE_SERVICE_NAME))
+        .zip(svc.metadata.namespace.clone())
+        .map(|(name, namespace)| ServiceKey { namespace, name });
     ServiceInfo {
         cluster_ips,
         ports,
+        include_mirrors: mirror.is_none() && costs::include_mirrors(&svc.metadata),
         mirror,
+        mirror_of,
         tiers: costs::overrides(&svc.metadata),
     }
 }

@@ -5,8 +5,14 @@ fn args(gateway: bool, ha: bool, set: &[&str]) -> InstallArgs {
     InstallArgs {
         gateway,
         ha,
+        multicluster_namespace: None,
         set: set.iter().map(|s| (*s).to_owned()).collect(),
     }
+}
+
+/// Renders into the default namespaces (no `-n`).
+fn render(args: &InstallArgs) -> Result<Vec<Value>, String> {
+    super::render(args, None)
 }
 
 fn kinds(objects: &[Value]) -> Vec<String> {
@@ -121,7 +127,177 @@ fn set_reaches_each_chart_with_the_key_and_refuses_unknown_keys() {
         "{err}"
     );
     let err = render(&args(true, false, &["controller.replicas=many"])).unwrap_err();
-    assert!(err.contains("values of chart meshlink"), "{err}");
+    assert!(
+        err.starts_with("values of chart meshlink: controller.replicas: got string \"many\""),
+        "{err}"
+    );
     let err = render(&args(true, false, &["controller.typo=1"])).unwrap_err();
-    assert!(err.contains("unknown field `typo`"), "{err}");
+    assert!(err.contains("controller: unknown value \"typo\""), "{err}");
+}
+
+#[test]
+fn the_charts_schemas_use_only_what_the_validator_implements() {
+    for (chart, text) in [
+        ("meshlink", CP_SCHEMA),
+        ("meshlink-multicluster", MC_SCHEMA),
+    ] {
+        let schema: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            schema::unsupported_keywords(&schema),
+            Vec::<String>::new(),
+            "{chart}"
+        );
+    }
+}
+
+#[test]
+fn values_the_schema_refuses_are_refused_naming_the_field() {
+    for (set, expected) in [
+        (
+            "gateway.port=http",
+            "values of chart meshlink-multicluster: gateway.port: got string \"http\", want integer;",
+        ),
+        (
+            "gateway.balancePolicy=fastest",
+            "values of chart meshlink-multicluster: gateway.balancePolicy: got \"fastest\", want one of",
+        ),
+        (
+            "controller.adminPort=0",
+            "values of chart meshlink: controller.adminPort: got 0, want at least 1;",
+        ),
+        (
+            "links[0].name=East",
+            "values of chart meshlink-multicluster: links[0].name: got \"East\", which does not match",
+        ),
+        (
+            "logFormat=xml",
+            "values of chart meshlink: logFormat: got \"xml\", want one of \"plain\", \"json\";",
+        ),
+        (
+            "controller.podDisruptionBudget.maxUnavailable=half",
+            "values of chart meshlink: controller.podDisruptionBudget.maxUnavailable: got \"half\"",
+        ),
+    ] {
+        let err = render(&args(true, false, &[set])).unwrap_err();
+        assert!(err.starts_with(expected), "{set}: {err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+#[test]
+fn balance_policy_reaches_the_gateway_only_when_set() {
+    let gateway_args = |set: &[&str]| -> Vec<Value> {
+        let objects = render(&args(true, false, set)).unwrap();
+        let gateway = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "meshlink-gateway")
+            .unwrap();
+        gateway["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let policy = |args: &[Value]| {
+        args.iter()
+            .filter(|a| a.as_str().unwrap().starts_with("--balance-policy"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(policy(&gateway_args(&[])).is_empty());
+    assert_eq!(
+        policy(&gateway_args(&["gateway.balancePolicy=cheapest"])),
+        ["--balance-policy=cheapest"]
+    );
+}
+
+/// Every object's namespace (`-` for cluster-scoped ones) by kind and name.
+fn namespaces_of(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}: {}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap(),
+                o["metadata"]["namespace"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn namespace_moves_the_control_plane_and_derives_the_multicluster_namespace() {
+    let objects = super::render(&args(true, false, &["links[0].name=east"]), Some("mesh")).unwrap();
+    // Everything that named meshlink or meshlink-multicluster now names mesh or
+    // mesh-multicluster: metadata, SPIFFE ID, ClusterRole names, flags.
+    golden::check(
+        "install-namespace.yaml",
+        &output::manifests(
+            &objects
+                .iter()
+                .filter(|o| o["kind"] != "CustomResourceDefinition")
+                .cloned()
+                .collect::<Vec<_>>(),
+            None,
+        )
+        .unwrap(),
+    );
+    // No trace of the default namespaces is left.
+    let text = serde_json::to_string(&objects).unwrap();
+    for default in [
+        r#""namespace":"meshlink"#,
+        "/ns/meshlink-multicluster/",
+        "meshlink-mirror-meshlink-multicluster",
+        "=meshlink/",
+        ".meshlink.svc",
+    ] {
+        assert!(!text.contains(default), "{default} in {text}");
+    }
+    let placed = namespaces_of(&objects);
+    assert!(
+        placed.contains(&"Namespace/mesh: -".to_owned()),
+        "{placed:?}"
+    );
+    assert!(placed.contains(&"Deployment/meshlink-controller: mesh".to_owned()));
+    assert!(placed.contains(&"Deployment/meshlink-gateway: mesh-multicluster".to_owned()));
+    assert!(placed.contains(&"ClusterRole/meshlink-mirror-mesh-multicluster: -".to_owned()));
+}
+
+#[test]
+fn multicluster_namespace_has_its_own_flag_and_the_gateway_finds_the_control_plane() {
+    let mut a = args(true, false, &[]);
+    a.multicluster_namespace = Some("links".into());
+    let objects = super::render(&a, Some("mesh")).unwrap();
+    let placed = namespaces_of(&objects);
+    assert_eq!(placed[..2], ["Namespace/mesh: -", "Namespace/links: -"]);
+    let gateway = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "meshlink-gateway")
+        .unwrap();
+    assert_eq!(gateway["metadata"]["namespace"], "links");
+    let args = &gateway["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&"--discovery-addr=meshlink-controller.mesh.svc.cluster.local:8086".into()),
+        "{args}"
+    );
+}
+
+#[test]
+fn bad_namespaces_are_refused_naming_the_flag() {
+    let err = super::render(&args(true, false, &[]), Some("Mesh")).unwrap_err();
+    assert!(
+        err.starts_with("-n: namespace \"Mesh\" is not a DNS label"),
+        "{err}"
+    );
+    let long = "m".repeat(60);
+    let err = super::render(&args(true, false, &[]), Some(&long)).unwrap_err();
+    assert!(err.contains("derived from -n"), "{err}");
+    let mut a = args(true, false, &[]);
+    a.multicluster_namespace = Some("meshlink".into());
+    let err = super::render(&a, None).unwrap_err();
+    assert!(err.contains("need two namespaces"), "{err}");
+    let err = render(&args(true, false, &["controlPlaneNamespace=x"])).unwrap_err();
+    assert!(err.contains("use -n"), "{err}");
 }

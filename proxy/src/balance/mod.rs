@@ -107,11 +107,29 @@ impl<T> Balancer<T> {
     /// Picks an endpoint, or `None` when the set is empty. The returned [`Pick`]
     /// counts as in flight until dropped.
     pub fn pick(&self) -> Option<Pick<T>> {
+        self.pick_avoiding(|_| false)
+    }
+
+    /// Picks like [`Self::pick`] among the endpoints `dead` does not reject, so
+    /// a tier whose endpoints all just failed is passed over for the next one;
+    /// when `dead` rejects every endpoint, picks among all of them.
+    pub fn pick_avoiding(&self, dead: impl Fn(&Endpoint) -> bool) -> Option<Pick<T>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh(&mut state, false);
         let State { slots, reach, .. } = &mut *state;
+        let alive: Vec<Arc<Slot<T>>>;
+        let candidates = if slots.iter().any(|s| dead(&s.endpoint)) {
+            alive = slots
+                .iter()
+                .filter(|s| !dead(&s.endpoint))
+                .cloned()
+                .collect();
+            if alive.is_empty() { &*slots } else { &alive }
+        } else {
+            &*slots
+        };
         let slot = tiered::choose(
-            slots,
+            candidates,
             reach,
             &self.config.tiers,
             Instant::now(),
@@ -242,6 +260,27 @@ mod tests {
             tx,
             Balancer::new(rx, BalanceConfig::default(), |e| e.addr.port()),
         )
+    }
+
+    #[test]
+    fn dead_endpoints_are_avoided_down_to_the_next_tier() {
+        let tiered = |port: u16, tier: u32| Endpoint { tier, ..ep(port) };
+        let set = vec![tiered(1, 0), tiered(2, 0), tiered(3, 2)];
+        let (_tx, rx) = watch::channel(Arc::new(set));
+        let b = Balancer::new(rx, BalanceConfig::default(), |e| e.addr.port());
+        let picks = |dead: &[u16]| {
+            (0..200)
+                .map(|_| {
+                    *b.pick_avoiding(|e| dead.contains(&e.addr.port()))
+                        .unwrap()
+                        .service()
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(picks(&[]), [1, 2].into(), "the cheap tier only");
+        assert_eq!(picks(&[1]), [2].into());
+        assert_eq!(picks(&[1, 2]), [3].into(), "the whole cheap tier is dead");
+        assert!(!picks(&[1, 2, 3]).is_empty(), "all dead: still a pick");
     }
 
     #[test]

@@ -258,16 +258,17 @@ async fn send(
     }
 }
 
-/// A pick that avoids endpoints marked dead when a few draws allow it.
+/// A pick that avoids endpoints marked dead, in the cheapest tier that has live
+/// ones (the balancer picks among all when none is alive).
 fn pick_live(target: &Target) -> Option<Pick<EndpointService>> {
-    let mut pick = target.balancer.pick()?;
-    for _ in 0..3 {
-        if !target.failover.is_dead(pick.endpoint().addr) {
-            break;
-        }
-        pick = target.balancer.pick()?;
+    let failover = &target.failover;
+    if failover.any_dead() {
+        target
+            .balancer
+            .pick_avoiding(|ep| failover.is_dead(ep.addr))
+    } else {
+        target.balancer.pick()
     }
-    Some(pick)
 }
 
 fn empty() -> ProxyBody {

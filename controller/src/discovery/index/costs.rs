@@ -5,7 +5,9 @@
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::{BALANCER_TIERS, Index, ServiceKey, TierOverrides, ZoneCosts};
+use super::{
+    BALANCER_INCLUDE_MIRRORS, BALANCER_TIERS, Index, ServiceKey, TierOverrides, ZoneCosts,
+};
 
 /// The tier overrides annotated on an object; a malformed annotation is logged
 /// and treated as absent.
@@ -22,6 +24,28 @@ pub(super) fn overrides(meta: &ObjectMeta) -> Option<TierOverrides> {
             );
         })
         .ok()
+}
+
+/// Whether an object says its mirrors' endpoints join its own; anything but
+/// `true` or `false` is logged and read as `false`.
+pub(super) fn include_mirrors(meta: &ObjectMeta) -> bool {
+    let Some(text) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(BALANCER_INCLUDE_MIRRORS))
+    else {
+        return false;
+    };
+    text.parse().unwrap_or_else(|_| {
+        tracing::warn!(
+            namespace = meta.namespace.as_deref().unwrap_or_default(),
+            name = meta.name.as_deref().unwrap_or_default(),
+            annotation = BALANCER_INCLUDE_MIRRORS,
+            value = %text,
+            "ignoring an annotation that is neither true nor false"
+        );
+        false
+    })
 }
 
 impl Index {

@@ -284,3 +284,104 @@ fn subscribers_share_a_channel_and_dropped_channels_are_forgotten() {
 }
 
 mod costs;
+
+#[test]
+fn a_service_that_includes_its_mirrors_gets_their_endpoints_as_tier_two() {
+    let mut index = Index::new("west", "cluster.local");
+    let include = [(BALANCER_INCLUDE_MIRRORS, "true")];
+    index.apply_service(&service("books", "10.0.0.1", &[], &include));
+    index.apply_slice(&slice("books", "books-1", &[("10.1.0.1", "zone-a", true)]));
+    let mirror_labels = [(CLUSTER_NAME, "east"), (REMOTE_SERVICE_NAME, "books")];
+    let mirror_annotations = [(REMOTE_SVC_FQ_NAME, "books.shop.svc.cluster.local")];
+    let books_east = service(
+        "books-east",
+        "10.0.0.9",
+        &mirror_labels,
+        &mirror_annotations,
+    );
+    index.apply_service(&books_east);
+    let mut rx = index.subscribe(&books(), "zone-a");
+    assert_eq!(endpoints(&rx), vec![("10.1.0.1:80".into(), 0)]);
+
+    // The mirror's slice joins the local set, with the remote authority.
+    index.apply_slice(&slice(
+        "books-east",
+        "books-east-1",
+        &[("198.19.0.5", "", true)],
+    ));
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(
+        endpoints(&rx),
+        vec![("10.1.0.1:80".into(), 0), ("198.19.0.5:80".into(), 2)]
+    );
+    {
+        let dst = rx.borrow_and_update();
+        let Destination::Endpoints(map) = &**dst else {
+            unreachable!()
+        };
+        let ep = &map["198.19.0.5:80"];
+        assert_eq!(ep.cluster, "east");
+        assert_eq!(ep.remote_authority, "books.shop.svc.cluster.local:8080");
+    }
+
+    // The local cluster loses its endpoints: the mirror's remain.
+    index.apply_slice(&slice("books", "books-1", &[("10.1.0.1", "zone-a", false)]));
+    assert_eq!(endpoints(&rx), vec![("198.19.0.5:80".into(), 2)]);
+
+    // The local Service's tier overrides apply to its mirrors' endpoints.
+    let dear = [
+        (BALANCER_INCLUDE_MIRRORS, "true"),
+        (BALANCER_TIERS, "other-cluster=7"),
+    ];
+    index.apply_service(&service("books", "10.0.0.1", &[], &dear));
+    assert_eq!(endpoints(&rx), vec![("198.19.0.5:80".into(), 7)]);
+
+    // The mirror goes away, and so do its endpoints.
+    index.delete_service("shop", "books-east");
+    assert_eq!(endpoints(&rx), vec![]);
+    index.apply_service(&books_east);
+    assert_eq!(endpoints(&rx), vec![("198.19.0.5:80".into(), 7)]);
+
+    // Without the annotation (or with a malformed one) the sets stay apart.
+    index.apply_service(&service(
+        "books",
+        "10.0.0.1",
+        &[],
+        &[(BALANCER_INCLUDE_MIRRORS, "yes")],
+    ));
+    assert_eq!(endpoints(&rx), vec![]);
+    let own = index.subscribe(
+        &Target::Name {
+            namespace: "shop".into(),
+            name: "books-east".into(),
+            port: 8080,
+        },
+        "zone-a",
+    );
+    assert_eq!(endpoints(&own), vec![("198.19.0.5:80".into(), 2)]);
+}
+
+#[test]
+fn only_mirrors_of_the_same_name_and_namespace_join() {
+    let mut index = Index::new("west", "cluster.local");
+    index.apply_service(&service(
+        "books",
+        "10.0.0.1",
+        &[],
+        &[(BALANCER_INCLUDE_MIRRORS, "true")],
+    ));
+    let annotations = [(REMOTE_SVC_FQ_NAME, "maps.shop.svc.cluster.local")];
+    index.apply_service(&service(
+        "maps-east",
+        "10.0.0.9",
+        &[(CLUSTER_NAME, "east"), (REMOTE_SERVICE_NAME, "maps")],
+        &annotations,
+    ));
+    index.apply_slice(&slice(
+        "maps-east",
+        "maps-east-1",
+        &[("198.19.0.5", "", true)],
+    ));
+    let rx = index.subscribe(&books(), "zone-a");
+    assert_eq!(endpoints(&rx), vec![]);
+}
