@@ -2,6 +2,7 @@
 //! tests, benchmarks and the demo start them: free ports, readiness via the admin
 //! server's `/ready`, SIGTERM for a graceful stop, SIGKILL on drop.
 
+use rand::Rng;
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -106,11 +107,24 @@ pub async fn ready(addr: SocketAddr) -> bool {
         && reply.split(|b| *b == b' ').nth(1) == Some(b"200")
 }
 
-/// A loopback address with a port free at the time of the call.
+/// A loopback address with a port free at the time of the call, drawn from
+/// below the kernel's ephemeral range: a port the kernel handed out (`:0`)
+/// could be taken by an outgoing connection's local port before the process
+/// it is meant for binds it, which busy load tests made happen.
 pub fn free_addr() -> Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::Invalid(format!("finding a free port: {e}")))?;
-    listener
-        .local_addr()
-        .map_err(|e| Error::Invalid(format!("finding a free port: {e}")))
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let range = low.saturating_sub(12_000).max(1024)..low;
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], rng.random_range(range.clone())));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    Err(Error::Invalid(format!(
+        "finding a free port: none of 200 tries in {range:?} was free"
+    )))
 }

@@ -214,6 +214,29 @@ impl Bed {
     }
 }
 
+/// Two linked clusters running the demo [`Scenario`] (east's `demo/svc`
+/// mirrored into west as `svc-east`), plus a pod in west's first zone running
+/// the app answering `app`, published as the Service `service` in `demo`.
+pub async fn linked_with_west_app(
+    app: &str,
+    service: &str,
+) -> Result<(Harness, crate::Scenario, Pod)> {
+    crate::init_tracing();
+    let harness = Harness::builder()
+        .cluster("east")
+        .cluster("west")
+        .start()
+        .await?;
+    let scenario = crate::Scenario::start(&harness, &mut |line| println!("{line}")).await?;
+    let west = harness.cluster("west");
+    let pod = west.create_pod(app, &west.zones()[0])?;
+    spawn_app(&pod, app)?;
+    pod.wait_listening(PORT, WITHIN).await?;
+    west.publish(crate::scenario::APP_NAMESPACE, service, PORT, &[&pod])
+        .await?;
+    Ok((harness, scenario, pod))
+}
+
 /// Runs `harness-echo http` on [`PORT`] in `pod`, answering with `name`.
 pub fn spawn_app(pod: &Pod, name: &str) -> Result<u32> {
     pod.spawn(
@@ -358,7 +381,8 @@ pub struct Sample {
     pub failure: String,
 }
 
-/// Steady HTTP load: `rps` GETs per second over `workers` kept-alive connections.
+/// Steady HTTP load: `rps` GETs per second over `workers` kept-alive
+/// connections, the workers' sends spread evenly over each period.
 #[derive(Debug)]
 pub struct Load {
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -370,14 +394,13 @@ impl Load {
     pub fn start(addr: SocketAddr, authority: &str, rps: u32, workers: u32) -> Self {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let period = Duration::from_secs_f64(f64::from(workers) / f64::from(rps.max(1)));
+        let start = Instant::now();
         let tasks = (0..workers)
             .map(|i| {
                 let samples = samples.clone();
                 let mut client = HttpClient::new(addr, authority, Duration::from_secs(2));
-                let offset = period.mul_f64(f64::from(i) / f64::from(workers));
+                let mut tick = ticks(start, period, i, workers);
                 tokio::spawn(async move {
-                    let mut tick = tokio::time::interval_at(Instant::now() + offset, period);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tick.tick().await;
                         let sent = Instant::now();
@@ -418,6 +441,17 @@ impl Load {
         all.sort_by_key(|s| s.sent);
         all
     }
+}
+
+/// The send times of worker `i` of `workers`: every `period`, offset by its
+/// share of it. A worker that falls behind (a stalled machine, a slow answer)
+/// skips the ticks it missed rather than shifting its schedule, so the workers
+/// never end up sending in bursts, all at the same moment.
+fn ticks(start: Instant, period: Duration, i: u32, workers: u32) -> tokio::time::Interval {
+    let offset = period.mul_f64(f64::from(i) / f64::from(workers));
+    let mut tick = tokio::time::interval_at(start + offset, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
 }
 
 /// Requests sent in `[from, to)` that failed.
@@ -476,6 +510,26 @@ mod tests {
                 failure: String::new(),
             })
             .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn load_workers_keep_their_offsets_after_a_stall() {
+        let (start, period) = (Instant::now(), Duration::from_millis(100));
+        let mut workers = [ticks(start, period, 0, 2), ticks(start, period, 1, 2)];
+        // A stall of several periods: every worker is late, then fires at once.
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        for w in &mut workers {
+            w.tick().await;
+        }
+        let mut next = Vec::new();
+        for w in &mut workers {
+            next.push(w.tick().await - start);
+        }
+        assert_eq!(
+            next,
+            [Duration::from_millis(1100), Duration::from_millis(1050)],
+            "each worker back on its own schedule, half a period apart"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use multicluster_tests::failover::{
     AUTHORITY, Bed, BedConfig, Load, NAMESPACE, ROOT, answers_between, failed_between, install_crd,
-    spawn_app, spawn_readiness, time_to_backup, write_split,
+    linked_with_west_app, spawn_readiness, time_to_backup, write_split,
 };
 use multicluster_tests::scenario::{APP_NAMESPACE, APP_PORT, CLIENT_OUTBOUND_PORT};
 use multicluster_tests::{Harness, Scenario};
@@ -352,21 +352,9 @@ const CROSS_AUTHORITY: &str = "svc.demo.svc.cluster.local:8080";
 const EAST_APP: &str = "svc-1";
 
 async fn cross_cluster(order: &str, weights: &[(&str, u32)]) -> Result<CrossCluster> {
-    multicluster_tests::init_tracing();
-    let harness = Harness::builder()
-        .cluster("east")
-        .cluster("west")
-        .start()
-        .await?;
-    let scenario = Scenario::start(&harness, &mut |line| println!("{line}")).await?;
+    let (harness, scenario, pod) = linked_with_west_app("svc-west", "svc-west").await?;
     let west = harness.cluster("west");
     install_crd(west).await?;
-    let zone = west.zones()[0].clone();
-    let pod = west.create_pod("svc-west", &zone)?;
-    spawn_app(&pod, "svc-west")?;
-    pod.wait_listening(APP_PORT, DECIDE).await?;
-    west.publish(APP_NAMESPACE, "svc-west", APP_PORT, &[&pod])
-        .await?;
     west.publish(APP_NAMESPACE, CROSS_ROOT, APP_PORT, &[])
         .await?;
     let apps = std::sync::Arc::new(BTreeMap::from([("svc-west".to_string(), pod)]));

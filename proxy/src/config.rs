@@ -248,8 +248,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub balance: BalanceArgs,
     /// Fail over on the proxy's own: skip split backends whose endpoints all
-    /// failed, and retry idempotent requests once within a 20% budget. `false`
-    /// follows the routes' weights only.
+    /// failed, and retry idempotent requests once within a budget of 20% plus
+    /// 10 per second. `false` follows the routes' weights only.
     #[arg(
         long,
         env = "MESHLINK_FAILOVER_FAST_PATH",

@@ -4,8 +4,13 @@
 //! next tier of its chain (see [`crate::split`]), and an idempotent request that
 //! failed on a dead endpoint is sent once more, elsewhere, if the retry budget
 //! allows (a refused connection, where nothing was sent, may be tried up to three
-//! times, so two dead tiers at once are still skipped). The budget earns a fifth of a retry per request (at most
-//! [`BUDGET_BURST`] saved up), so retries add at most 20% load plus that burst.
+//! times, so two dead tiers at once are still skipped).
+//!
+//! The budget works as Finagle's and Linkerd's do, with their defaults: over
+//! the last [`BUDGET_WINDOW`], retries may be a fifth ([`BUDGET_RATIO`]) of the
+//! requests plus [`MIN_RETRIES_PER_SEC`] per second. The window matters when an
+//! endpoint dies under load: every request in flight on it fails at once, more
+//! than a fifth of one moment's traffic, and each must be retried to lose none.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,17 +22,21 @@ use tokio::time::Instant;
 
 /// Retries earned per request.
 pub const BUDGET_RATIO: f64 = 0.2;
-/// Retries that may be saved up for a burst of failures.
-pub const BUDGET_BURST: f64 = 10.0;
+/// Retries allowed per second of the window whatever the traffic.
+pub const MIN_RETRIES_PER_SEC: u32 = 10;
+/// How long a request or retry counts towards the budget.
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(WINDOW_SECS as u64);
 /// How long a failed endpoint counts as dead unless it succeeds again first.
 pub const DEAD_FOR: Duration = Duration::from_secs(2);
+
+const WINDOW_SECS: usize = 10;
 
 /// Per-proxy failover state shared by every target.
 #[derive(Debug)]
 pub struct Failover {
     enabled: bool,
     dead: Mutex<HashMap<SocketAddr, Instant>>,
-    budget: Mutex<f64>,
+    budget: Mutex<Budget>,
 }
 
 impl Default for Failover {
@@ -43,7 +52,7 @@ impl Failover {
         Self {
             enabled,
             dead: Mutex::default(),
-            budget: Mutex::new(0.0),
+            budget: Mutex::new(Budget::new(Instant::now())),
         }
     }
 
@@ -100,23 +109,74 @@ impl Failover {
 
     /// Counts one request towards the retry budget.
     pub fn deposit(&self) {
-        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
-        *budget = (*budget + BUDGET_RATIO).min(BUDGET_BURST);
+        self.lock_budget().slot(Instant::now()).requests += 1;
     }
 
     /// Takes one retry from the budget, if the fast path is on and one is left.
     pub fn withdraw(&self) -> bool {
-        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
-        if self.enabled && *budget >= 1.0 {
-            *budget -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.enabled && self.lock_budget().withdraw(Instant::now())
+    }
+
+    fn lock_budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_dead(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
         self.dead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Requests and retries per second over the last [`BUDGET_WINDOW`], in a ring
+/// indexed by the second since `origin`.
+#[derive(Debug)]
+struct Budget {
+    origin: Instant,
+    slots: [Slot; WINDOW_SECS],
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    second: u64,
+    requests: u64,
+    retries: u64,
+}
+
+impl Budget {
+    fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            slots: [Slot::default(); WINDOW_SECS],
+        }
+    }
+
+    /// The slot of the second `now` falls in, emptied if it held an older one.
+    fn slot(&mut self, now: Instant) -> &mut Slot {
+        let second = now.saturating_duration_since(self.origin).as_secs();
+        let slot = &mut self.slots[(second % WINDOW_SECS as u64) as usize];
+        if slot.second != second {
+            *slot = Slot {
+                second,
+                ..Slot::default()
+            };
+        }
+        slot
+    }
+
+    fn withdraw(&mut self, now: Instant) -> bool {
+        let current = self.slot(now).second;
+        let window = self
+            .slots
+            .iter()
+            .filter(|s| s.second + WINDOW_SECS as u64 > current);
+        let (requests, retries) = window.fold((0, 0), |(q, r), s| (q + s.requests, r + s.retries));
+        let allowed =
+            f64::from(MIN_RETRIES_PER_SEC) * WINDOW_SECS as f64 + BUDGET_RATIO * requests as f64;
+        if (retries as f64) + 1.0 <= allowed {
+            self.slot(now).retries += 1;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -132,24 +192,41 @@ pub fn is_idempotent(method: &Method) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_budget_allows_a_fifth_of_the_requests_plus_a_burst() {
+    /// Retries granted when `n` are asked for at once.
+    fn granted(f: &Failover, n: usize) -> usize {
+        (0..n).filter(|_| f.withdraw()).count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_request_in_flight_on_a_dying_endpoint_may_be_retried() {
         let f = Failover::new(true);
-        assert!(!f.withdraw(), "nothing saved before any request");
+        // A second of 200 rps, then the endpoint dies under 30 requests at once.
+        for _ in 0..200 {
+            f.deposit();
+            tokio::time::advance(Duration::from_millis(5)).await;
+        }
+        assert_eq!(granted(&f, 30), 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_is_a_fifth_of_the_window_plus_ten_per_second() {
+        let f = Failover::new(true);
+        let floor = MIN_RETRIES_PER_SEC as usize * WINDOW_SECS;
+        assert_eq!(granted(&f, 1000), floor, "no traffic: the floor only");
+        tokio::time::advance(BUDGET_WINDOW / 2).await;
+        assert_eq!(granted(&f, 10), 0, "the floor is spent for a whole window");
         for _ in 0..1000 {
             f.deposit();
         }
-        let burst = (0..100).filter(|_| f.withdraw()).count();
-        assert_eq!(burst, BUDGET_BURST as usize);
-        let mut retries = 0;
-        for _ in 0..1000 {
-            f.deposit();
-            retries += usize::from(f.withdraw());
-        }
-        assert!(
-            (199..=200).contains(&retries),
-            "{retries} retries for 1000 requests"
+        assert_eq!(granted(&f, 1000), 200, "a fifth of the requests");
+        tokio::time::advance(BUDGET_WINDOW / 2).await;
+        assert_eq!(
+            granted(&f, 1000),
+            floor,
+            "the first retries left the window, the requests and their retries not yet"
         );
+        tokio::time::advance(BUDGET_WINDOW).await;
+        assert_eq!(granted(&f, 1000), floor, "everything left the window");
     }
 
     #[test]

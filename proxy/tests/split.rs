@@ -28,30 +28,52 @@ use proxy::retry::Failover;
 use proxy::route::Router;
 use proxy::split::choose;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 const ROOT: &str = "web.shop.svc.cluster.local:80";
 
-/// An HTTP/1 app answering its name; `kill` closes its listener and connections.
+/// An HTTP/1 app answering its name (a holding one leaves requests for `/hold`
+/// unanswered); `kill` closes its listener and connections.
 struct App {
     addr: SocketAddr,
     tasks: JoinSet<()>,
+    /// How many `/hold` requests it has received.
+    held: watch::Receiver<usize>,
 }
 
 impl App {
     async fn start(name: &'static str) -> Self {
+        Self::spawn(name, false).await
+    }
+
+    async fn holding(name: &'static str) -> Self {
+        Self::spawn(name, true).await
+    }
+
+    async fn spawn(name: &'static str, hold: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (held_tx, held) = watch::channel(0);
+        let held_tx = Arc::new(held_tx);
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 let (s, _) = listener.accept().await.unwrap();
+                let held_tx = held_tx.clone();
                 conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |_req| async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from_static(name.as_bytes()),
-                        )))
+                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                        let held_tx = held_tx.clone();
+                        async move {
+                            if hold && req.uri().path() == "/hold" {
+                                held_tx.send_modify(|n| *n += 1);
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(name.as_bytes()),
+                            )))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc)
@@ -59,7 +81,7 @@ impl App {
                 });
             }
         });
-        Self { addr, tasks }
+        Self { addr, tasks, held }
     }
 
     /// Kills the app: the listener closes (new connections are refused) and its
@@ -92,10 +114,10 @@ fn discovery(apps: &[(&str, &App)], routes: Vec<RouteBackend>) -> Arc<StaticDisc
     Arc::new(d)
 }
 
-/// A primary (weight 100, tier 0) and a backup (weight 0, tier 1).
+/// A primary (weight 100, tier 0, holding) and a backup (weight 0, tier 1).
 async fn primary_and_backup() -> (App, App, Arc<StaticDiscovery>) {
     let (primary, backup) = (
-        App::start("app-primary").await,
+        App::holding("app-primary").await,
         App::start("app-backup").await,
     );
     let d = discovery(
@@ -139,6 +161,24 @@ fn client() -> Client<HttpConnector, Empty<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// GETs `path` through `proxy`: the answering app's name, or `"status NNN"` or
+/// `"error ..."` for a failure.
+async fn get(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    proxy: SocketAddr,
+    path: &str,
+) -> String {
+    let uri: http::Uri = format!("http://{proxy}{path}").parse().unwrap();
+    match client.get(uri).await {
+        Ok(rsp) if rsp.status() == 200 => {
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        }
+        Ok(rsp) => format!("status {}", rsp.status().as_u16()),
+        Err(e) => format!("error {e}"),
+    }
+}
+
 /// Sends `n` GETs, `concurrency` at a time; returns the answers by app name
 /// (`"status NNN"` for a failure).
 async fn load(proxy: SocketAddr, n: usize, concurrency: usize) -> HashMap<String, usize> {
@@ -147,17 +187,7 @@ async fn load(proxy: SocketAddr, n: usize, concurrency: usize) -> HashMap<String
     let mut set = JoinSet::new();
     for i in 0..n {
         let client = client.clone();
-        set.spawn(async move {
-            let uri: http::Uri = format!("http://{proxy}/").parse().unwrap();
-            match client.get(uri).await {
-                Ok(rsp) if rsp.status() == 200 => {
-                    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-                    String::from_utf8(body.to_vec()).unwrap()
-                }
-                Ok(rsp) => format!("status {}", rsp.status().as_u16()),
-                Err(e) => format!("error {e}"),
-            }
-        });
+        set.spawn(async move { get(&client, proxy, "/").await });
         if i + 1 >= concurrency
             && let Some(done) = set.join_next().await
         {
@@ -211,6 +241,32 @@ async fn a_dead_primary_fails_over_to_the_backup_with_no_failed_request() {
     let after = load(proxy, 300, 4).await;
     assert_eq!(failures(&after), 0, "{after:?}");
     assert_eq!(after.get("app-backup"), Some(&300), "{after:?}");
+}
+
+#[tokio::test]
+async fn every_request_in_flight_when_the_primary_dies_is_retried() {
+    let (mut primary, _backup, d) = primary_and_backup().await;
+    let proxy = outbound(d, true).await;
+    assert_eq!(load(proxy, 100, 4).await.get("app-primary"), Some(&100));
+    // 30 requests at once on the primary (more than a fifth of the traffic so
+    // far), all failing together when it dies: each must be retried.
+    let client = client();
+    let mut in_flight = JoinSet::new();
+    for _ in 0..30 {
+        let client = client.clone();
+        in_flight.spawn(async move { get(&client, proxy, "/hold").await });
+    }
+    primary.held.wait_for(|n| *n == 30).await.unwrap();
+    primary.kill();
+    let mut answers: HashMap<String, usize> = HashMap::new();
+    while let Some(answer) = in_flight.join_next().await {
+        *answers.entry(answer.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        answers,
+        [("app-backup".to_string(), 30)].into(),
+        "{answers:?}"
+    );
 }
 
 #[tokio::test]

@@ -189,7 +189,7 @@ async fn proxy_request(
             status(StatusCode::SERVICE_UNAVAILABLE)
         }
         Err(Failed::Upstream { error, .. }) => {
-            tracing::info!(target = %target.name, %error, "upstream request failed");
+            tracing::info!(target = %target.name, %error, attempts, "upstream request failed");
             metrics.response(None, start.elapsed());
             status(StatusCode::BAD_GATEWAY)
         }
