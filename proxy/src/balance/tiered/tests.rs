@@ -110,10 +110,12 @@ fn moderate_overload_phases_the_next_tier_in_gradually_and_out_again() {
     sim.run(1000, even);
     // Long requests held on tier 0: 13 and 5 in flight make its load 10, past
     // the high-water mark (8), while the better endpoint's (6) is not, so
-    // picks do not overflow: the next tier comes in by the ramp alone.
+    // picks do not overflow to the untried next tier: it comes in by the
+    // ramp. (Once tried and seen idle, picks that find requests queued
+    // overflow to it.)
     sim.hold(1, 13, true);
     sim.hold(2, 5, true);
-    let first = sim.run(200, even);
+    let first = sim.run(50, even);
     let later = sim.run(2000, even);
     let share = |c: [usize; 3]| c[1] as f64 / c.iter().sum::<usize>() as f64;
     assert!(share(first) < 0.25, "phased in by weight: {first:?}");
@@ -134,6 +136,34 @@ fn a_saturated_tier_overflows_per_request() {
     sim.run(1000, even);
     let c = sim.run(100, slowed(50));
     assert!(c[1] > 80, "overflow needs no ramp: {c:?}");
+}
+
+#[test]
+fn queued_requests_overflow_to_a_tried_tier_at_most_half_as_loaded() {
+    let mut sim = Sim::new(&[2, 4], Policy::Tiered);
+    sim.run(1000, even);
+    // Four requests queued on each cheap endpoint: load 5, between the marks.
+    sim.hold(1, 4, true);
+    sim.hold(2, 4, true);
+    assert_eq!(
+        sim.run(1000, even),
+        [1000, 0, 0],
+        "the next tier is untried"
+    );
+    // Once tried (say during an earlier overload) and seen idle, it takes
+    // the picks that find requests queued.
+    for slot in sim.slots.iter().filter(|s| s.endpoint.tier == 1) {
+        slot.load.observe(MS, sim.now);
+    }
+    let hot = sim.run(1000, even);
+    assert!(hot[1] > 500, "{hot:?}");
+    // Slowness without queueing (latency noise) moves nothing.
+    sim.hold(1, 4, false);
+    sim.hold(2, 4, false);
+    assert_eq!(
+        sim.run(1000, |ep| if ep.tier == 0 { 6 * MS } else { MS }),
+        [1000, 0, 0]
+    );
 }
 
 #[test]
