@@ -69,7 +69,7 @@ fn parse_configmap_ref(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    admin::run_main("controller", run(Args::parse()))
+    admin::run_main("controller", 0, run(Args::parse()))
 }
 
 async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {

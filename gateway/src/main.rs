@@ -29,7 +29,8 @@ const CREDENTIAL_POLL: Duration = Duration::from_secs(10);
 const FORWARD_HOP: u8 = gateway::MAX_HOPS + 1;
 
 fn main() -> ExitCode {
-    admin::run_main("gateway", run(GatewayArgs::parse()))
+    let args = GatewayArgs::parse();
+    admin::run_main("gateway", args.limits.worker_threads, run(args))
 }
 
 async fn run(args: GatewayArgs) -> anyhow::Result<()> {

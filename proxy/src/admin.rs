@@ -205,10 +205,10 @@ pub enum LogError {
 }
 
 /// The body of every long-running meshlink binary's `main`: sets up logging,
-/// runs `run` on a multi-threaded Tokio runtime, and turns the outcome into the
+/// runs `run` on a Tokio [`runtime`] of `workers` threads, and turns the outcome into the
 /// exit code (0 success; 1 when `run` fails, logged with its causes; 2 when
 /// logging itself cannot start).
-pub fn run_main<F>(name: &str, run: F) -> std::process::ExitCode
+pub fn run_main<F>(name: &str, workers: usize, run: F) -> std::process::ExitCode
 where
     F: Future<Output = anyhow::Result<()>>,
 {
@@ -217,7 +217,7 @@ where
         eprintln!("{name}: {error}");
         return ExitCode::from(2);
     }
-    let result = tokio::runtime::Runtime::new()
+    let result = runtime(workers)
         .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))
         .and_then(|rt| rt.block_on(run));
     match result {
@@ -227,6 +227,20 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// A Tokio runtime with `workers` threads: `1` runs everything on the calling
+/// thread (no work stealing or cross-thread wake-ups, the cheapest per request),
+/// `0` one worker per CPU.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if workers > 1 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
 }
 
 /// Installs the global subscriber: format from `MESHLINK_LOG_FORMAT` (`plain` or

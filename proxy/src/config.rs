@@ -157,6 +157,10 @@ pub struct LimitArgs {
     /// Copy buffer per direction for opaque connections, in bytes.
     #[arg(long, env = "MESHLINK_BUFFER_BYTES", default_value_t = 16 * 1024)]
     pub buffer_bytes: usize,
+    /// Runtime threads: 1 serves everything on one thread (the least CPU per
+    /// request: no work stealing, no cross-thread wake-ups), 0 one per CPU.
+    #[arg(long, env = "MESHLINK_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
 }
 
 impl LimitArgs {

@@ -29,7 +29,11 @@ const CREDENTIAL_POLL: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    admin::run_main("proxy", async move {
+    let workers = match &cli.command {
+        Command::Init(_) => 1,
+        Command::Run(args) => args.limits.worker_threads,
+    };
+    admin::run_main("proxy", workers, async move {
         match cli.command {
             Command::Init(args) => init(&args),
             Command::Run(args) => run(*args).await,

@@ -247,34 +247,28 @@ impl Metrics {
         this
     }
 
-    /// Counts one request and returns the labels for its response.
-    pub fn request(&self, listener: Listener, target: &str) -> RequestLabels {
+    /// The request metrics of `target` on `listener`, resolved once so each
+    /// request updates them without building labels or looking up a family.
+    pub fn target(&self, listener: Listener, target: &str) -> TargetMetrics {
         let labels = RequestLabels {
             listener,
             target: self.targets.label(target),
         };
-        self.requests.get_or_create(&labels).inc();
-        labels
-    }
-
-    /// Counts one response (or `None` for a failed request) and its latency.
-    pub fn response(&self, req: &RequestLabels, status: Option<u16>, latency: Duration) {
-        let status = match status {
-            Some(s) => format!("{}xx", s / 100),
-            None => "error".to_string(),
+        let response = |status: &str| {
+            let labels = ResponseLabels {
+                listener,
+                target: labels.target.clone(),
+                status: status.to_string(),
+            };
+            self.responses.get_or_create(&labels).clone()
         };
-        let labels = ResponseLabels {
-            listener: req.listener,
-            target: req.target.clone(),
-            status,
-        };
-        self.responses.get_or_create(&labels).inc();
-        let conn = ConnLabels {
-            listener: req.listener,
-        };
-        self.latency
-            .get_or_create(&conn)
-            .observe(latency.as_secs_f64());
+        TargetMetrics {
+            requests: self.requests.get_or_create(&labels).clone(),
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx", "error"].map(response),
+            latency: self.latency.get_or_create(&ConnLabels { listener }).clone(),
+            all_responses: self.responses.clone(),
+            labels,
+        }
     }
 
     /// Counts an accepted connection.
@@ -303,6 +297,51 @@ impl Metrics {
             reason: reason.to_string(),
             peer: peer.map(|p| self.peers.label(p)).unwrap_or_default(),
         }
+    }
+}
+
+/// The request metrics of one target on one listener (see [`Metrics::target`]).
+#[derive(Clone, Debug)]
+pub struct TargetMetrics {
+    requests: Counter,
+    /// Responses of class `1xx` to `5xx`, then failed requests.
+    responses: [Counter; 6],
+    latency: Histogram,
+    /// For the rare status classes above `5xx`.
+    all_responses: Family<ResponseLabels, Counter>,
+    labels: RequestLabels,
+}
+
+impl TargetMetrics {
+    /// The listener these metrics are for.
+    pub fn listener(&self) -> Listener {
+        self.labels.listener
+    }
+
+    /// Counts one request.
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// Counts one response (or `None` for a failed request) and its latency.
+    pub fn response(&self, status: Option<u16>, latency: Duration) {
+        let index = match status {
+            Some(s @ 100..=599) => usize::from(s / 100) - 1,
+            Some(_) => usize::MAX,
+            None => 5,
+        };
+        match self.responses.get(index) {
+            Some(counter) => counter.inc(),
+            None => {
+                let labels = ResponseLabels {
+                    listener: self.labels.listener,
+                    target: self.labels.target.clone(),
+                    status: format!("{}xx", status.unwrap_or_default() / 100),
+                };
+                self.all_responses.get_or_create(&labels).inc()
+            }
+        };
+        self.latency.observe(latency.as_secs_f64());
     }
 }
 
@@ -335,15 +374,45 @@ mod dataplane_tests {
         let m = Metrics::register(&mut Registry::default());
         for i in 0..MAX_NAMES {
             assert_eq!(
-                m.request(Listener::Outbound, &format!("t{i}:80")).target,
+                m.target(Listener::Outbound, &format!("t{i}:80"))
+                    .labels
+                    .target,
                 format!("t{i}:80")
             );
         }
         assert_eq!(
-            m.request(Listener::Outbound, "one-too-many:80").target,
+            m.target(Listener::Outbound, "one-too-many:80")
+                .labels
+                .target,
             "other"
         );
-        assert_eq!(m.request(Listener::Outbound, "t0:80").target, "t0:80");
+        assert_eq!(m.target(Listener::Outbound, "t0:80").labels.target, "t0:80");
+    }
+
+    #[test]
+    fn responses_are_counted_by_class() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg).target(Listener::Inbound, "t:80");
+        m.request();
+        for status in [Some(200), Some(204), Some(503), Some(600), None] {
+            m.response(status, Duration::from_millis(1));
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        let series = |status: &str, n: u32| {
+            format!(r#"responses_total{{listener="Inbound",target="t:80",status="{status}"}} {n}"#)
+        };
+        for (status, n) in [("2xx", 2), ("5xx", 1), ("6xx", 1), ("error", 1), ("4xx", 0)] {
+            assert!(text.contains(&series(status, n)), "{status}: {text}");
+        }
+        assert!(
+            text.contains(r#"requests_total{listener="Inbound",target="t:80"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"response_latency_seconds_count{listener="Inbound"} 5"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! its backends). Balancers are cached per target so upstream connection pools
 //! and load estimates survive across client connections.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 
@@ -14,6 +15,7 @@ use crate::balance::{BalanceConfig, Balancer};
 use crate::discovery::{Discovery, Endpoint};
 use crate::forward::connect::Connector;
 use crate::forward::http::EndpointService;
+use crate::metrics::{Listener, Metrics, TargetMetrics};
 use crate::retry::Failover;
 use crate::split::{BuildTarget, Split};
 
@@ -31,9 +33,23 @@ pub struct Target {
     pub split: Option<Split>,
     /// The proxy's failover state (dead endpoints, retry budget).
     pub failover: Arc<Failover>,
+    /// Request metrics of the first listener that used this target.
+    metrics: OnceLock<TargetMetrics>,
 }
 
 impl Target {
+    /// The request metrics of this target on `listener`, resolved on first use.
+    pub fn metrics(&self, metrics: &Metrics, listener: Listener) -> Cow<'_, TargetMetrics> {
+        let cached = self
+            .metrics
+            .get_or_init(|| metrics.target(listener, &self.name));
+        if cached.listener() == listener {
+            Cow::Borrowed(cached)
+        } else {
+            Cow::Owned(metrics.target(listener, &self.name))
+        }
+    }
+
     /// Where one request or connection goes: a backend of the split, or this
     /// target itself when it has no routes.
     pub async fn route(self: &Arc<Self>) -> Result<Arc<Target>, Error> {
@@ -159,6 +175,7 @@ impl Router {
                 balancer,
                 split: None,
                 failover: failover.clone(),
+                metrics: OnceLock::new(),
             })
         })
     }

@@ -2,6 +2,7 @@
 //! destination zone), and per target the tiers in use and the load of those in
 //! full use. Zones and targets are capped label values, like the data plane's.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -79,34 +80,59 @@ impl TierMetrics {
         this
     }
 
-    /// The label a target is reported under.
-    pub(super) fn target_label(&self, target: &str) -> String {
-        self.targets.label(target)
+    /// The metrics of the balancer of `target`, its gauges resolved once.
+    pub(super) fn balancer(self: &Arc<Self>, target: &str) -> BalancerMetrics {
+        let labels = TargetLabels {
+            target: self.targets.label(target),
+        };
+        BalancerMetrics {
+            active_tiers: self.active_tiers.get_or_create(&labels).clone(),
+            load: self.load.get_or_create(&labels).clone(),
+            all: self.clone(),
+        }
+    }
+}
+
+/// The metrics of one balancer: its target's gauges, and the families its
+/// endpoints' pick counters come from.
+#[derive(Debug)]
+pub(super) struct BalancerMetrics {
+    all: Arc<TierMetrics>,
+    active_tiers: Gauge,
+    load: Gauge<f64, AtomicU64>,
+}
+
+/// The pick counters of one endpoint: by its tier and by its zone.
+#[derive(Debug)]
+pub(super) struct EndpointPicks {
+    tier: Counter,
+    zone: Counter,
+}
+
+impl BalancerMetrics {
+    /// The pick counters of `endpoint`.
+    pub(super) fn endpoint(&self, endpoint: &Endpoint) -> EndpointPicks {
+        let all = &self.all;
+        let zone = ZoneLabels {
+            src_zone: all.zone.clone(),
+            dst_zone: all
+                .zones
+                .label(endpoint.zone.as_deref().unwrap_or_default()),
+        };
+        let tier = TierLabels {
+            tier: endpoint.tier,
+        };
+        EndpointPicks {
+            tier: all.picks.get_or_create(&tier).clone(),
+            zone: all.zone_picks.get_or_create(&zone).clone(),
+        }
     }
 
-    /// Records one pick of `endpoint` for `target` (a label from
-    /// [`Self::target_label`]) with the balancer's state after it.
-    pub(super) fn picked(&self, target: &str, endpoint: &Endpoint, active_tiers: usize, load: f64) {
-        self.picks
-            .get_or_create(&TierLabels {
-                tier: endpoint.tier,
-            })
-            .inc();
-        let dst_zone = self
-            .zones
-            .label(endpoint.zone.as_deref().unwrap_or_default());
-        self.zone_picks
-            .get_or_create(&ZoneLabels {
-                src_zone: self.zone.clone(),
-                dst_zone,
-            })
-            .inc();
-        let labels = TargetLabels {
-            target: target.to_string(),
-        };
-        self.active_tiers
-            .get_or_create(&labels)
-            .set(active_tiers as i64);
-        self.load.get_or_create(&labels).set(load);
+    /// Records one pick of an endpoint with the balancer's state after it.
+    pub(super) fn picked(&self, endpoint: &EndpointPicks, active_tiers: usize, load: f64) {
+        endpoint.tier.inc();
+        endpoint.zone.inc();
+        self.active_tiers.set(active_tiers as i64);
+        self.load.set(load);
     }
 }

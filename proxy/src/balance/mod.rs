@@ -9,7 +9,7 @@ pub mod ewma;
 pub mod metrics;
 pub mod tiered;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rand::Rng;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::discovery::{Endpoint, EndpointSet};
 use ewma::PeakEwma;
-use metrics::TierMetrics;
+use metrics::{BalancerMetrics, EndpointPicks, TierMetrics};
 use tiered::{Reach, TierConfig};
 
 /// How long a fresh endpoint is assumed to take, and how fast estimates decay.
@@ -50,6 +50,8 @@ pub struct Slot<T> {
     /// What the caller built for it.
     pub service: T,
     load: PeakEwma,
+    /// Its pick counters, once the balancer's metrics are known.
+    picks: OnceLock<EndpointPicks>,
 }
 
 type MakeService<T> = Box<dyn Fn(&Endpoint) -> T + Send + Sync>;
@@ -59,8 +61,8 @@ pub struct Balancer<T> {
     config: BalanceConfig,
     make: MakeService<T>,
     state: Mutex<State<T>>,
-    /// Where picks are counted, with the target's label.
-    metrics: Option<(Arc<TierMetrics>, String)>,
+    /// Where picks are counted.
+    metrics: Option<BalancerMetrics>,
 }
 
 struct State<T> {
@@ -133,8 +135,9 @@ impl<T> Balancer<T> {
             Instant::now(),
             &mut rand::rng(),
         )?;
-        if let Some((metrics, target)) = &self.metrics {
-            metrics.picked(target, &slot.endpoint, reach.active_tiers(), reach.load());
+        if let Some(metrics) = &self.metrics {
+            let picks = slot.picks.get_or_init(|| metrics.endpoint(&slot.endpoint));
+            metrics.picked(picks, reach.active_tiers(), reach.load());
         }
         slot.load.start();
         Some(Pick {
@@ -145,8 +148,7 @@ impl<T> Balancer<T> {
 
     /// Counts this balancer's picks in `metrics` under target `target`.
     pub fn observe(&mut self, metrics: Arc<TierMetrics>, target: &str) {
-        let label = metrics.target_label(target);
-        self.metrics = Some((metrics, label));
+        self.metrics = Some(metrics.balancer(target));
     }
 
     /// How many tiers picks currently draw from (a partly phased-in one counts).
@@ -180,6 +182,7 @@ impl<T> Balancer<T> {
                     endpoint: ep.clone(),
                     service: (self.make)(ep),
                     load: PeakEwma::new(self.config.default_rtt, self.config.decay, now),
+                    picks: OnceLock::new(),
                 }),
             })
             .collect();

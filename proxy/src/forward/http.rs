@@ -156,7 +156,8 @@ async fn proxy_request(
     ctx: &ForwardContext,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    let labels = ctx.metrics.request(ctx.listener, &target.name);
+    let metrics = target.metrics(&ctx.metrics, ctx.listener);
+    metrics.request();
     match absolute_uri(&req, &target.name) {
         Ok(uri) => *req.uri_mut() = uri,
         Err(()) => return status(StatusCode::BAD_REQUEST),
@@ -180,17 +181,16 @@ async fn proxy_request(
     }
     match outcome {
         Ok(rsp) => {
-            ctx.metrics
-                .response(&labels, Some(rsp.status().as_u16()), start.elapsed());
+            metrics.response(Some(rsp.status().as_u16()), start.elapsed());
             rsp.map(|b| b.boxed())
         }
         Err(Failed::NoEndpoints) => {
-            ctx.metrics.response(&labels, Some(503), start.elapsed());
+            metrics.response(Some(503), start.elapsed());
             status(StatusCode::SERVICE_UNAVAILABLE)
         }
         Err(Failed::Upstream { error, .. }) => {
             tracing::info!(target = %target.name, %error, attempts, "upstream request failed");
-            ctx.metrics.response(&labels, None, start.elapsed());
+            metrics.response(None, start.elapsed());
             status(StatusCode::BAD_GATEWAY)
         }
     }

@@ -32,6 +32,7 @@ impl Sim {
                     endpoint,
                     service: (),
                     load: PeakEwma::new(30 * MS, Duration::from_secs(10), now),
+                    picks: Default::default(),
                 }));
             }
         }

@@ -1,0 +1,2 @@
+//! Build script of the `gateway` package: the proxy's link options.
+include!("../proxy/link_args.rs");

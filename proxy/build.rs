@@ -1,0 +1,2 @@
+//! Build script of the `proxy` package: link options for its binary.
+include!("link_args.rs");
