@@ -78,12 +78,7 @@ fn start(bin: &str, args: &[String], files: &WrittenFiles, discovery: &Path) -> 
         .args(args)
         .arg("--discovery-file")
         .arg(discovery)
-        .arg("--tls-cert")
-        .arg(&files.cert_chain)
-        .arg("--tls-key")
-        .arg(&files.key)
-        .arg("--tls-trust")
-        .arg(&files.bundle)
+        .args(files.flags())
         .spawn()
         .unwrap();
     Kill(child)

@@ -104,6 +104,21 @@ pub struct WrittenFiles {
     pub bundle: PathBuf,
 }
 
+impl WrittenFiles {
+    /// The `--tls-cert`, `--tls-key` and `--tls-trust` flags naming these files,
+    /// as `proxy` and `gateway` take them.
+    pub fn flags(&self) -> [std::ffi::OsString; 6] {
+        [
+            "--tls-cert".into(),
+            self.cert_chain.clone().into(),
+            "--tls-key".into(),
+            self.key.clone().into(),
+            "--tls-trust".into(),
+            self.bundle.clone().into(),
+        ]
+    }
+}
+
 impl Ca {
     /// A self-signed root.
     pub fn root(common_name: &str, validity: Validity) -> Result<Self, PkiError> {

@@ -74,12 +74,7 @@ fn hop(
 ) -> Result<Hop> {
     cmd.arg("--discovery-file")
         .arg(discovery)
-        .arg("--tls-cert")
-        .arg(&files.cert_chain)
-        .arg("--tls-key")
-        .arg(&files.key)
-        .arg("--tls-trust")
-        .arg(&files.bundle)
+        .args(files.flags())
         .env("RUST_LOG", "warn");
     // Tuning experiments: `MESHLINK_BENCH_HOP_ENV=K=V,K2=V2` reaches these
     // processes only (not the client, the app or nginx).
