@@ -3,7 +3,7 @@
 //! resolves the local target and forwards, reusing the proxy's TLS and balancing
 //! stacks.
 //!
-//! Per connection: accept → TLS ([`proxy::inbound::accept_tls`]) → ALPN check →
+//! Per connection: accept → TLS ([`proxy::inbound::TlsStage`]) → ALPN check →
 //! transport header → policy (peer identity, cluster domain, hop count) → route
 //! ([`proxy::route::Router`]) → forward. No protocol detection: the header names
 //! the session protocol.
@@ -18,7 +18,7 @@ use api::transport_header::TransportHeader;
 use proxy::accept::{self, AcceptConfig, Drain};
 use proxy::forward::{self, ForwardContext};
 use proxy::header::{ALPN, authority_of, protocol_of};
-use proxy::inbound::accept_tls;
+use proxy::inbound::TlsStage;
 use proxy::metrics::{Direction, Listener, Metrics};
 use proxy::route::{Router, Target};
 use proxy::tls::{Policy, TlsConfigs, read_header};
@@ -73,7 +73,7 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Gateway {
     config: GatewayConfig,
-    tls: watch::Receiver<Arc<TlsConfigs>>,
+    tls: TlsStage,
     router: Arc<Router>,
     ctx: ForwardContext,
 }
@@ -95,8 +95,8 @@ impl Gateway {
             buffer_size: config.buffer_size,
         };
         Self {
+            tls: TlsStage::new(tls, config.policy.clone(), config.handshake_timeout),
             config,
-            tls,
             router,
             ctx,
         }
@@ -104,24 +104,15 @@ impl Gateway {
 
     /// Serves `listener` until `shutdown`, then drains.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let this = Arc::new(self);
-        let accept = this.config.accept;
-        accept::serve(listener, shutdown, accept, move |stream, _peer, drain| {
-            let this = this.clone();
-            async move { this.connection(stream, drain).await }
-        })
-        .await;
+        let accept = self.config.accept;
+        accept::serve(listener, shutdown, accept, Arc::new(self), Self::connection).await;
     }
 
-    async fn connection(&self, stream: TcpStream, drain: Drain) {
-        let metrics = &self.ctx.metrics;
-        metrics.tcp_open(Listener::Gateway);
-        let (policy, timeout) = (&self.config.policy, self.config.handshake_timeout);
-        let Some((mut tls, peer)) = accept_tls(stream, &self.tls, policy, timeout, metrics).await
-        else {
-            metrics.tcp_close(Listener::Gateway, 0, 0);
+    async fn connection(self: Arc<Self>, stream: TcpStream, drain: Drain) {
+        let Some((mut tls, peer)) = self.tls.accept(stream, &self.ctx).await else {
             return;
         };
+        let metrics = &self.ctx.metrics;
         let deadline = Instant::now() + self.config.header_timeout;
         let header = match read_header(&mut tls, deadline).await {
             Ok(header) => header,

@@ -4,7 +4,6 @@
 //! in-flight requests then closes), and after the deadline stragglers are aborted.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,14 +80,16 @@ impl Default for AcceptConfig {
     }
 }
 
-/// Accepts on `listener` until `shutdown`, running `handle` per connection.
-pub async fn serve<H, F>(
+/// Accepts on `listener` until `shutdown`, running `connection` per connection
+/// with its own reference to the listener's shared state `this`.
+pub async fn serve<T, C, F>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     config: AcceptConfig,
-    handle: H,
+    this: Arc<T>,
+    connection: C,
 ) where
-    H: Fn(TcpStream, SocketAddr, Drain) -> F,
+    C: Fn(Arc<T>, TcpStream, Drain) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -109,9 +110,9 @@ pub async fn serve<H, F>(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                let conn = handle(stream, peer, Drain(drain_rx.clone()));
+                let conn = connection(this.clone(), stream, Drain(drain_rx.clone()));
                 conns.spawn(async move {
                     conn.await;
                     drop(permit);

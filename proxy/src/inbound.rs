@@ -1,7 +1,7 @@
 //! The inbound listener: connections from the mesh to the local app. Each one is
 //! walked through accept → TLS (mutual, terminated here) → detect → forward to the
 //! app in plaintext, at a fixed address or, after an iptables redirect, at
-//! `127.0.0.1:<original destination port>`. [`accept_tls`] is the TLS stage the gateway shares.
+//! `127.0.0.1:<original destination port>`. [`TlsStage`] is the TLS stage the gateway shares.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,7 +55,7 @@ pub enum AppTarget {
 #[derive(Debug)]
 pub struct Inbound {
     config: InboundConfig,
-    tls: watch::Receiver<Arc<TlsConfigs>>,
+    tls: TlsStage,
     router: Arc<Router>,
     /// One pooled target per app port (ports are few: a pod's container ports).
     apps: Mutex<HashMap<u16, Arc<Target>>>,
@@ -79,8 +79,8 @@ impl Inbound {
             buffer_size: config.buffer_size,
         };
         Self {
+            tls: TlsStage::new(tls, config.policy.clone(), config.handshake_timeout),
             config,
-            tls,
             router,
             apps: Mutex::new(HashMap::new()),
             ctx,
@@ -89,24 +89,15 @@ impl Inbound {
 
     /// Serves `listener` until `shutdown`, then drains.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let this = Arc::new(self);
-        let accept = this.config.accept;
-        accept::serve(listener, shutdown, accept, move |stream, _peer, drain| {
-            let this = this.clone();
-            async move { this.connection(stream, drain).await }
-        })
-        .await;
+        let accept = self.config.accept;
+        accept::serve(listener, shutdown, accept, Arc::new(self), Self::connection).await;
     }
 
-    async fn connection(&self, stream: TcpStream, drain: Drain) {
-        let metrics = &self.ctx.metrics;
-        metrics.tcp_open(Listener::Inbound);
-        let (policy, timeout) = (&self.config.policy, self.config.handshake_timeout);
-        let Some((tls, _peer)) = accept_tls(stream, &self.tls, policy, timeout, metrics).await
-        else {
-            metrics.tcp_close(Listener::Inbound, 0, 0);
+    async fn connection(self: Arc<Self>, stream: TcpStream, drain: Drain) {
+        let Some((tls, _peer)) = self.tls.accept(stream, &self.ctx).await else {
             return;
         };
+        let metrics = &self.ctx.metrics;
         let app = match self.app_addr(tls.get_ref().0) {
             Ok(app) => app,
             Err(error) => {
@@ -151,30 +142,56 @@ impl Inbound {
     }
 }
 
-/// The TLS stage, shared with the gateway: handshakes with the current server
-/// config within `timeout` and admits the client only if `policy` allows its
-/// identity. A refusal is logged and counted by reason; `None` means the
-/// connection is dropped. The handshake and the stream live on the heap: the
-/// stream (a few KiB of TLS state) then moves through the later stages as a
-/// pointer instead of being copied into each stage's future, which keeps every
-/// connection's task several KiB smaller.
-pub async fn accept_tls(
-    stream: TcpStream,
-    configs: &watch::Receiver<Arc<TlsConfigs>>,
-    policy: &Policy,
+/// The TLS stage, shared with the gateway: the current server credentials (they
+/// change on rotation; established connections keep theirs), which peer
+/// identities may connect, and how long a handshake may take.
+#[derive(Debug)]
+pub struct TlsStage {
+    configs: watch::Receiver<Arc<TlsConfigs>>,
+    policy: Policy,
     timeout: Duration,
-    metrics: &Metrics,
-) -> Option<(Box<TlsStream<TcpStream>>, SpiffeId)> {
-    let peer = stream.peer_addr().ok();
-    let config = configs.borrow().server.clone();
-    match Box::pin(tls::accept(config, stream, policy, timeout)).await {
-        Ok((tls, id)) => Some((Box::new(tls), id)),
-        Err(error) => {
-            tracing::info!(?peer, reason = error.reason.as_str(), %error, "TLS handshake refused");
-            metrics
-                .tls
-                .handshake_failed(Direction::Inbound, error.reason);
-            None
+}
+
+impl TlsStage {
+    /// The stage over `configs`, admitting peers `policy` allows within `timeout`.
+    pub fn new(
+        configs: watch::Receiver<Arc<TlsConfigs>>,
+        policy: Policy,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            configs,
+            policy,
+            timeout,
+        }
+    }
+
+    /// Counts the connection open on `ctx`'s listener, handshakes and admits the
+    /// client only if the policy allows its identity. A refusal is logged,
+    /// counted by reason and counted closed; `None` means the connection is
+    /// dropped. The handshake and the stream live on the heap: the stream (a few
+    /// KiB of TLS state) then moves through the later stages as a pointer instead
+    /// of being copied into each stage's future, which keeps every connection's
+    /// task several KiB smaller.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        ctx: &ForwardContext,
+    ) -> Option<(Box<TlsStream<TcpStream>>, SpiffeId)> {
+        ctx.metrics.tcp_open(ctx.listener);
+        let peer = stream.peer_addr().ok();
+        let config = self.configs.borrow().server.clone();
+        match Box::pin(tls::accept(config, stream, &self.policy, self.timeout)).await {
+            Ok((tls, id)) => Some((Box::new(tls), id)),
+            Err(error) => {
+                tracing::info!(?peer, reason = error.reason.as_str(), %error, "TLS handshake refused");
+                let metrics = &ctx.metrics;
+                metrics
+                    .tls
+                    .handshake_failed(Direction::Inbound, error.reason);
+                metrics.tcp_close(ctx.listener, 0, 0);
+                None
+            }
         }
     }
 }

@@ -68,19 +68,16 @@ impl Outbound {
 
     /// Serves `listener` until `shutdown`, then drains.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let this = Arc::new(self);
-        let accept = this.config.accept;
-        accept::serve(listener, shutdown, accept, move |stream, _peer, drain| {
-            let this = this.clone();
-            async move {
-                this.ctx.metrics.tcp_open(Listener::Outbound);
-                if let Err(error) = this.connection(stream, drain).await {
-                    tracing::info!(%error, "outbound connection refused");
-                    this.ctx.metrics.tcp_close(Listener::Outbound, 0, 0);
-                }
-            }
-        })
-        .await;
+        let accept = self.config.accept;
+        accept::serve(listener, shutdown, accept, Arc::new(self), Self::serve_one).await;
+    }
+
+    async fn serve_one(self: Arc<Self>, stream: TcpStream, drain: Drain) {
+        self.ctx.metrics.tcp_open(Listener::Outbound);
+        if let Err(error) = self.connection(stream, drain).await {
+            tracing::info!(%error, "outbound connection refused");
+            self.ctx.metrics.tcp_close(Listener::Outbound, 0, 0);
+        }
     }
 
     async fn connection(&self, stream: TcpStream, drain: Drain) -> Result<(), Error> {
