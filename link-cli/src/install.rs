@@ -428,17 +428,18 @@ fn role_and_binding(
 }
 
 impl Ctx<'_> {
-    /// ServiceAccount `name` with a ClusterRole `cluster_name` granting
+    /// ServiceAccount `name` with a ClusterRole `<name>-<namespace>` granting
     /// `cluster_rules` and a Role `name` (in this namespace) granting `rules`,
-    /// each bound to it.
+    /// each bound to it. The cluster-scoped names carry the namespace, so
+    /// installs in two namespaces of one cluster do not overwrite each other's.
     fn account_with_roles(
         &self,
         name: &str,
         labels: &Value,
-        cluster_name: &str,
         cluster_rules: Value,
         rules: Value,
     ) -> Vec<Value> {
+        let cluster_name = format!("{name}-{}", self.namespace);
         let cluster_meta = json!({"name": cluster_name, "labels": labels});
         let mut objects = vec![self.service_account(name, labels)];
         objects.extend(role_and_binding(
@@ -489,7 +490,7 @@ fn control_plane(v: &ControlPlane, namespace: &str) -> Vec<Value> {
         rule("events.k8s.io", "events", &["create", "patch"]),
     ]);
     let rules = json!([rule("", "configmaps", &read)]);
-    let mut objects = ctx.account_with_roles(name, &labels, name, cluster_rules, rules);
+    let mut objects = ctx.account_with_roles(name, &labels, cluster_rules, rules);
     objects.push(json!({
         "apiVersion": "v1", "kind": "Service", "metadata": ctx.meta(name, &labels),
         "spec": {"type": "ClusterIP", "selector": selector, "ports": [
@@ -605,8 +606,7 @@ fn mirror_rbac(ctx: &Ctx<'_>) -> Vec<Value> {
         rule("discovery.k8s.io", "endpointslices", &write),
         rule("", "namespaces", &["get", "list", "watch", "create"]),
     ]);
-    let cluster_name = format!("{name}-{}", ctx.namespace);
-    ctx.account_with_roles(name, &labels, &cluster_name, cluster_rules, rules)
+    ctx.account_with_roles(name, &labels, cluster_rules, rules)
 }
 
 fn mirror(ctx: &Ctx<'_>, m: &Mirror, link: &str) -> Vec<Value> {

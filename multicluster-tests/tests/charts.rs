@@ -266,6 +266,7 @@ fn meshlink_install_equals_helm_template_in_other_namespaces() {
         "Service/mesh-multicluster/meshlink-gateway",
         "Deployment/mesh-multicluster/meshlink-mirror-east",
         "ClusterRole//meshlink-mirror-mesh-multicluster",
+        "ClusterRoleBinding//meshlink-controller-mesh",
     ];
     assert_same("-n mesh", &derived, &kinds);
     // Both set, with HA (anti-affinity and PDBs in both namespaces).

@@ -857,6 +857,20 @@ async fn install_output_applies_to_a_real_apiserver_with_strict_validation() {
             .unwrap()
             .is_some()
     );
+    // Both control planes keep their own cluster-scoped RBAC, bound to their own account.
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    for namespace in ["meshlink", "mesh"] {
+        let binding = bindings
+            .get(&format!("meshlink-controller-{namespace}"))
+            .await
+            .unwrap();
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(subject.namespace.as_deref(), Some(namespace));
+        assert_eq!(
+            binding.role_ref.name,
+            format!("meshlink-controller-{namespace}")
+        );
+    }
     // What the chart set is what the apiserver stored.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), MC_NS);

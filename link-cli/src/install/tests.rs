@@ -264,6 +264,36 @@ fn namespace_moves_the_control_plane_and_derives_the_multicluster_namespace() {
 }
 
 #[test]
+fn control_planes_in_two_namespaces_keep_their_own_cluster_scoped_rbac() {
+    let install = |namespace| {
+        let objects =
+            super::render(&args(true, false, &["links[0].name=east"]), Some(namespace)).unwrap();
+        objects
+            .into_iter()
+            .filter(|o| o["kind"].as_str().unwrap().starts_with("ClusterRole"))
+            .collect::<Vec<_>>()
+    };
+    let (mesh, other) = (install("mesh"), install("other"));
+    // Controller and mirror: a ClusterRole and its binding each.
+    assert_eq!(mesh.len(), 4, "{:?}", kinds(&mesh));
+    let mesh_names = kinds(&mesh);
+    let shared: Vec<_> = kinds(&other)
+        .into_iter()
+        .filter(|k| mesh_names.contains(k))
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "{shared:?} rendered by both installs: the second would overwrite the first"
+    );
+    for binding in mesh.iter().filter(|o| o["kind"] == "ClusterRoleBinding") {
+        let subject_ns = binding["subjects"][0]["namespace"].as_str().unwrap();
+        assert!(subject_ns.starts_with("mesh"), "{binding}");
+        assert_eq!(binding["roleRef"]["name"], binding["metadata"]["name"]);
+    }
+    assert!(mesh_names.contains(&"ClusterRole/meshlink-controller-mesh".to_owned()));
+}
+
+#[test]
 fn multicluster_namespace_has_its_own_flag_and_the_gateway_finds_the_control_plane() {
     let mut a = args(true, false, &[]);
     a.multicluster_namespace = Some("links".into());
