@@ -84,18 +84,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<GatewayConfig, String> {
-        let mut argv = vec![
-            "gateway",
-            "--discovery-file",
-            "d.yaml",
-            "--tls-cert",
-            "c",
-            "--tls-key",
-            "k",
-            "--tls-trust",
-            "r",
-        ];
-        argv.extend_from_slice(args);
+        let required = "gateway --discovery-file d.yaml --tls-cert c --tls-key k --tls-trust r";
+        let argv = required.split(' ').chain(args.iter().copied());
         GatewayArgs::try_parse_from(argv)
             .map_err(|e| e.to_string())?
             .config()
@@ -111,20 +101,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        assert!(
-            parse(&["--cluster-domain", "Bad_Domain"])
-                .unwrap_err()
-                .contains("cluster-domain")
-        );
-        assert!(
-            parse(&["--addr", "0.0.0.0:4191"])
-                .unwrap_err()
-                .contains("ports must differ")
-        );
-        assert!(
-            parse(&["--header-timeout-ms", "0"])
-                .unwrap_err()
-                .contains("header-timeout-ms")
-        );
+        for (args, named) in [
+            (["--cluster-domain", "Bad_Domain"], "cluster-domain"),
+            (["--addr", "0.0.0.0:4191"], "ports must differ"),
+            (["--header-timeout-ms", "0"], "header-timeout-ms"),
+        ] {
+            let error = parse(&args).unwrap_err();
+            assert!(error.contains(named), "{args:?}: {error}");
+        }
     }
 }

@@ -404,21 +404,9 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> Result<ProxyConfig, String> {
-        let mut argv = vec![
-            "proxy",
-            "run",
-            "--app-addr",
-            "127.0.0.1:8080",
-            "--discovery-file",
-            "d.yaml",
-            "--tls-cert",
-            "c.pem",
-            "--tls-key",
-            "k.pem",
-            "--tls-trust",
-            "r.pem",
-        ];
-        argv.extend_from_slice(args);
+        let required = "proxy run --app-addr 127.0.0.1:8080 --discovery-file d.yaml \
+                        --tls-cert c.pem --tls-key k.pem --tls-trust r.pem";
+        let argv = required.split_whitespace().chain(args.iter().copied());
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         match cli.command {
             Command::Run(r) => r.config().map_err(|e| e.to_string()),
@@ -430,16 +418,7 @@ mod tests {
     fn exactly_one_discovery_source() {
         let both = run(&["--discovery-addr", "198.18.0.1:8086"]).unwrap_err();
         assert!(both.contains("cannot be used with"), "{both}");
-        let argv = [
-            "proxy",
-            "run",
-            "--tls-cert",
-            "c",
-            "--tls-key",
-            "k",
-            "--tls-trust",
-            "r",
-        ];
+        let argv = "proxy run --tls-cert c --tls-key k --tls-trust r".split(' ');
         let none = Cli::try_parse_from(argv).unwrap_err().to_string();
         assert!(
             none.contains("--discovery-file") && none.contains("--discovery-addr"),
@@ -489,30 +468,15 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        assert!(
-            run(&["--detect-timeout-ms", "0"])
-                .unwrap_err()
-                .contains("detect-timeout-ms")
-        );
-        assert!(
-            run(&["--outbound-target", "noport"])
-                .unwrap_err()
-                .contains("outbound-target")
-        );
-        assert!(
-            run(&["--inbound-addr", "0.0.0.0:4191"])
-                .unwrap_err()
-                .contains("must differ")
-        );
-        assert!(
-            run(&["--opaque-ports", "x"])
-                .unwrap_err()
-                .contains("opaque-ports")
-        );
-        assert!(
-            run(&["--buffer-bytes", "1"])
-                .unwrap_err()
-                .contains("buffer-bytes")
-        );
+        for (args, named) in [
+            (["--detect-timeout-ms", "0"], "detect-timeout-ms"),
+            (["--outbound-target", "noport"], "outbound-target"),
+            (["--inbound-addr", "0.0.0.0:4191"], "must differ"),
+            (["--opaque-ports", "x"], "opaque-ports"),
+            (["--buffer-bytes", "1"], "buffer-bytes"),
+        ] {
+            let error = run(&args).unwrap_err();
+            assert!(error.contains(named), "{args:?}: {error}");
+        }
     }
 }
