@@ -218,14 +218,8 @@ impl Network {
     fn create_router(&self, c: u8, cleanup: &Cleanup) -> Result<()> {
         let (hub, rt) = (self.plan.hub(), self.plan.router(c));
         add_netns(&rt, cleanup)?;
-        let port = format!("c{c}");
-        ip(&[
-            "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "wan", "netns", &rt,
-        ])?;
-        ip(&["-n", &hub, "link", "set", &port, "master", "wan", "up"])?;
-        let wan = format!("{}/24", self.plan.router_wan(c));
-        ip(&["-n", &rt, "addr", "add", &wan, "dev", "wan"])?;
-        ip(&["-n", &rt, "link", "set", "wan", "up"])?;
+        let wan = self.plan.router_wan(c);
+        plug((&hub, "wan", &format!("c{c}")), (&rt, "wan"), wan)?;
         ip(&["-n", &rt, "link", "add", "pods", "type", "bridge"])?;
         let gw = format!("{}/24", self.plan.pod_gateway(c));
         ip(&["-n", &rt, "addr", "add", &gw, "dev", "pods"])?;
@@ -234,18 +228,7 @@ impl Network {
             .args(["netns", "exec", &rt, "sh", "-c"])
             .arg("echo 1 > /proc/sys/net/ipv4/ip_forward"))?;
         if self.flat {
-            for other in (0..self.clusters).filter(|o| *o != c) {
-                let via = self.plan.router_wan(other).to_string();
-                ip(&[
-                    "-n",
-                    &rt,
-                    "route",
-                    "add",
-                    &self.plan.pod_subnet(other),
-                    "via",
-                    &via,
-                ])?;
-            }
+            self.route_other_clusters(c, &rt)?;
         }
         Ok(())
     }
@@ -263,22 +246,8 @@ impl Network {
         let rt = self.plan.router(c);
         add_netns(ns, cleanup)?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        let port = format!("p{n}");
-        ip(&[
-            "-n", &rt, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ])?;
-        ip(&["-n", &rt, "link", "set", &port, "master", "pods", "up"])?;
         let addr = self.plan.pod(c, n);
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        plug((&rt, "pods", &format!("p{n}")), (ns, "eth0"), addr)?;
         let via = self.plan.pod_gateway(c).to_string();
         ip(&["-n", ns, "route", "add", "default", "via", &via])?;
         let gateway = match gateway {
@@ -291,37 +260,38 @@ impl Network {
     /// Puts pod namespace `ns` on the WAN as gateway `k` of cluster `c`, with routes
     /// back to every other cluster's pods so it can answer them.
     fn attach_gateway(&self, c: u8, k: u8, ns: &str) -> Result<Ipv4Addr> {
-        let hub = self.plan.hub();
-        let port = format!("c{c}g{k}");
-        ip(&[
-            "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "wan0", "netns", ns,
-        ])?;
-        ip(&["-n", &hub, "link", "set", &port, "master", "wan", "up"])?;
         let addr = self.plan.gateway(c, k);
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "wan0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "wan0", "up"])?;
-        for other in (0..self.clusters).filter(|o| *o != c) {
-            let via = self.plan.router_wan(other).to_string();
-            ip(&[
-                "-n",
-                ns,
-                "route",
-                "add",
-                &self.plan.pod_subnet(other),
-                "via",
-                &via,
-            ])?;
-        }
+        plug(
+            (&self.plan.hub(), "wan", &format!("c{c}g{k}")),
+            (ns, "wan0"),
+            addr,
+        )?;
+        self.route_other_clusters(c, ns)?;
         Ok(addr)
     }
+
+    /// In namespace `ns`, routes the pods of every cluster but `c` via their
+    /// routers' WAN addresses.
+    fn route_other_clusters(&self, c: u8, ns: &str) -> Result<()> {
+        for other in (0..self.clusters).filter(|o| *o != c) {
+            let (subnet, via) = (self.plan.pod_subnet(other), self.plan.router_wan(other));
+            ip(&["-n", ns, "route", "add", &subnet, "via", &via.to_string()])?;
+        }
+        Ok(())
+    }
+}
+
+/// Plugs a namespace into a bridge with a veth pair: `(host, bridge, port)` is
+/// the bridge's namespace, the bridge and the veth end enslaved to it; `(ns,
+/// dev)` the namespace and its end, which gets `addr`/24. Both ends are up.
+fn plug(bridge: (&str, &str, &str), end: (&str, &str), addr: Ipv4Addr) -> Result<()> {
+    let ((host, bridge, port), (ns, dev)) = (bridge, end);
+    ip(&[
+        "-n", host, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns,
+    ])?;
+    ip(&["-n", host, "link", "set", port, "master", bridge, "up"])?;
+    ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+    ip(&["-n", ns, "link", "set", dev, "up"])
 }
 
 fn add_netns(name: &str, cleanup: &Cleanup) -> Result<()> {
