@@ -8,7 +8,7 @@
 #[path = "../src/golden.rs"]
 mod golden;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// A kubeconfig whose only context points at a closed loopback port.
@@ -50,126 +50,34 @@ fn meshlink(dir: &Path, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn bad_input_gives_one_clear_line_and_the_documented_exit_code() {
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, UNREACHABLE).unwrap();
-    let kc = kubeconfig.to_str().unwrap();
-    let missing: PathBuf = dir.path().join("missing");
-    let garbage = dir.path().join("bundle.pem");
-    std::fs::write(&garbage, "not a certificate").unwrap();
-    let garbage = garbage.to_str().unwrap();
-    let cases: Vec<(&str, Vec<&str>, i32)> = vec![
-        (
-            "unreachable cluster",
-            vec!["--kubeconfig", kc, "export", "web"],
-            3,
-        ),
-        (
-            "unreachable cluster (link)",
-            vec![
-                "--kubeconfig",
-                kc,
-                "link",
-                "--cluster-name",
-                "east",
-                "--gateway-addresses",
-                "10.0.0.1",
-            ],
-            3,
-        ),
-        (
-            "unknown context",
-            vec![
-                "--kubeconfig",
-                kc,
-                "--context",
-                "nope",
-                "link",
-                "--cluster-name",
-                "east",
-            ],
-            2,
-        ),
-        (
-            "missing kubeconfig",
-            vec![
-                "--kubeconfig",
-                missing.to_str().unwrap(),
-                "unlink",
-                "--cluster-name",
-                "east",
-            ],
-            2,
-        ),
-        ("no default kubeconfig", vec!["unexport", "web"], 2),
-        (
-            "token ttl too short",
-            vec!["link", "--cluster-name", "east", "--token-ttl", "1m"],
-            2,
-        ),
-        (
-            "bad selector",
-            vec!["link", "--cluster-name", "east", "--selector", "a=b,,c"],
-            2,
-        ),
-        (
-            "garbage trust bundle",
-            vec![
-                "link",
-                "--cluster-name",
-                "east",
-                "--remote-trust-bundle",
-                garbage,
-            ],
-            2,
-        ),
-        (
-            "table for manifests",
-            vec!["-o", "table", "allow", "--service-account", "m"],
-            2,
-        ),
-        (
-            "install: unknown value",
-            vec!["install", "--set", "gatway.replicas=2"],
-            2,
-        ),
-        (
-            "install: misspelled nested value",
-            vec!["install", "--set", "gateway.replica=2"],
-            2,
-        ),
-        (
-            "install: wrong type",
-            vec!["install", "--set", "controller.replicas=three"],
-            2,
-        ),
-        (
-            "install: no value",
-            vec!["install", "--set", "clusterName"],
-            2,
-        ),
-        (
-            "install: bad list index",
-            vec!["install", "--set", "links[x].name=east"],
-            2,
-        ),
-        (
-            "install: a string for a port",
-            vec!["install", "--set", "gateway.port=http"],
-            2,
-        ),
-        (
-            "install: unknown balance policy",
-            vec!["install", "--set", "gateway.balancePolicy=fastest"],
-            2,
-        ),
-        (
-            "install: bad namespace",
-            vec!["install", "-n", "Mesh_System"],
-            2,
-        ),
+    let home = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("kubeconfig"), UNREACHABLE).unwrap();
+    std::fs::write(dir.path().join("bundle.pem"), "not a certificate").unwrap();
+    // Arguments split on spaces; `$DIR` is the temp dir (HOME).
+    #[rustfmt::skip]
+    let cases = [
+        ("unreachable cluster", "--kubeconfig $DIR/kubeconfig export web", 3),
+        ("unreachable cluster (link)", "--kubeconfig $DIR/kubeconfig link --cluster-name east --gateway-addresses 10.0.0.1", 3),
+        ("unknown context", "--kubeconfig $DIR/kubeconfig --context nope link --cluster-name east", 2),
+        ("missing kubeconfig", "--kubeconfig $DIR/missing unlink --cluster-name east", 2),
+        ("no default kubeconfig", "unexport web", 2),
+        ("token ttl too short", "link --cluster-name east --token-ttl 1m", 2),
+        ("bad selector", "link --cluster-name east --selector a=b,,c", 2),
+        ("garbage trust bundle", "link --cluster-name east --remote-trust-bundle $DIR/bundle.pem", 2),
+        ("table for manifests", "-o table allow --service-account m", 2),
+        ("install: unknown value", "install --set gatway.replicas=2", 2),
+        ("install: misspelled nested value", "install --set gateway.replica=2", 2),
+        ("install: wrong type", "install --set controller.replicas=three", 2),
+        ("install: no value", "install --set clusterName", 2),
+        ("install: bad list index", "install --set links[x].name=east", 2),
+        ("install: a string for a port", "install --set gateway.port=http", 2),
+        ("install: unknown balance policy", "install --set gateway.balancePolicy=fastest", 2),
+        ("install: bad namespace", "install -n Mesh_System", 2),
     ];
     let mut transcript = String::new();
     for (name, args, code) in cases {
+        let args: Vec<String> = args.split(' ').map(|a| a.replace("$DIR", home)).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (actual, stdout, stderr) = meshlink(dir.path(), &args);
         assert_eq!(actual, code, "{name}: exit code; stderr: {stderr}");
         assert!(stdout.is_empty(), "{name}: printed to stdout: {stdout}");
