@@ -4,6 +4,7 @@
 //! controller's identity service; this module exists so every test can mint real
 //! chains (including expired or foreign ones) without shelling out to openssl.
 
+use crate::tls::{Credentials, TlsError, TrustBundle};
 use api::identity::SpiffeId;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -201,6 +202,17 @@ impl Leaf {
         write_atomic(&files.cert_chain, &self.chain_pem)?;
         write_atomic(&files.bundle, bundle_pem)?;
         Ok(files)
+    }
+
+    /// TLS credentials presenting this leaf and trusting `root_pem` for every
+    /// trust domain.
+    pub fn credentials(&self, root_pem: &str) -> Result<Credentials, TlsError> {
+        let bundle = TrustBundle::from_pem(None, root_pem.as_bytes())?;
+        Credentials::from_pem(
+            self.chain_pem.as_bytes(),
+            self.key_pem.as_bytes(),
+            vec![bundle],
+        )
     }
 }
 

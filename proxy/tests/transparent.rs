@@ -23,7 +23,7 @@ use proxy::metrics::Metrics;
 use proxy::outbound::{Outbound, OutboundConfig, TargetMode};
 use proxy::pki::{Ca, Validity};
 use proxy::route::Router;
-use proxy::tls::{Credentials, Policy, TlsConfigs, TrustBundle};
+use proxy::tls::{Policy, TlsConfigs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -173,13 +173,8 @@ fn inbound_hands_redirected_traffic_to_the_original_port() {
             let leaf = ca
                 .issue(&SpiffeId::parse(id).unwrap(), &[], Validity::days(1))
                 .unwrap();
-            let bundle = TrustBundle::from_pem(None, ca.root_pem().as_bytes()).unwrap();
-            let creds = Credentials::from_pem(
-                leaf.chain_pem.as_bytes(),
-                leaf.key_pem.as_bytes(),
-                vec![bundle],
-            );
-            Arc::new(TlsConfigs::build(&creds.unwrap(), &[]).unwrap())
+            let creds = leaf.credentials(ca.root_pem()).unwrap();
+            Arc::new(TlsConfigs::build(&creds, &[]).unwrap())
         };
         let router = Arc::new(Router::new(
             Arc::new(StaticDiscovery::new()),

@@ -28,7 +28,7 @@ use proxy::metrics::Metrics;
 use proxy::outbound::{Outbound, OutboundConfig, TargetMode};
 use proxy::pki::{Ca, Validity};
 use proxy::route::Router;
-use proxy::tls::{Credentials, Policy, TlsConfigs, TrustBundle};
+use proxy::tls::{Credentials, Policy, TlsConfigs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -61,13 +61,7 @@ impl Pki {
             .ca
             .issue(&SpiffeId::parse(id).unwrap(), &[], validity)
             .unwrap();
-        let bundle = TrustBundle::from_pem(None, trust.ca.root_pem().as_bytes()).unwrap();
-        Credentials::from_pem(
-            leaf.chain_pem.as_bytes(),
-            leaf.key_pem.as_bytes(),
-            vec![bundle],
-        )
-        .unwrap()
+        leaf.credentials(trust.ca.root_pem()).unwrap()
     }
 
     /// TLS configs for `id`, offering the transport-header ALPN.

@@ -154,7 +154,7 @@ fn log_settings_are_validated() {
 #[tokio::test]
 async fn serve_tls_answers_over_mutual_tls_only() {
     use crate::pki::{Ca, Validity};
-    use crate::tls::{Credentials, TlsConfigs, TrustBundle};
+    use crate::tls::TlsConfigs;
     use api::identity::SpiffeId;
     crate::tls::install_default_provider();
     let ca = Ca::root("admin test root", Validity::days(1)).unwrap();
@@ -162,13 +162,7 @@ async fn serve_tls_answers_over_mutual_tls_only() {
         let leaf = ca
             .issue(&SpiffeId::parse(id).unwrap(), &[], Validity::days(1))
             .unwrap();
-        let bundle = TrustBundle::from_pem(None, ca.root_pem().as_bytes()).unwrap();
-        let creds = Credentials::from_pem(
-            leaf.chain_pem.as_bytes(),
-            leaf.key_pem.as_bytes(),
-            vec![bundle],
-        )
-        .unwrap();
+        let creds = leaf.credentials(ca.root_pem()).unwrap();
         Arc::new(TlsConfigs::build(&creds, &[]).unwrap())
     };
     let gateway_id = "spiffe://east.test/ns/mc/sa/gateway";
