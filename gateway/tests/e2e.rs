@@ -53,6 +53,7 @@ async fn http1_crosses_the_gateway() {
         .unwrap();
     assert_eq!(rsp.status(), 200);
     assert_eq!(rsp.headers()["x-seen-version"], "HTTP/1.1");
+    assert_eq!(rsp.headers()["x-seen-mark"], "false");
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "hello east");
     assert_eq!(
@@ -289,7 +290,8 @@ async fn gateway_refuses_forbidden_identity() {
 async fn thousand_concurrent_http1_requests() {
     let mesh = Mesh::start(http_app().await).await;
     // HTTP/1 carries one request at a time per connection: 1,000 client
-    // connections, each with its own connection through every hop. (No count of
+    // connections to the west proxy, which carries them all as HTTP/2 streams on
+    // one connection to the gateway; the app sees HTTP/1.1 again. (No count of
     // per-request metrics: on a loaded machine a connection whose first bytes
     // come after the detection timeout is carried as opaque TCP, equally intact.)
     let client = h1_client();
@@ -304,6 +306,11 @@ async fn thousand_concurrent_http1_requests() {
     });
     let results = futures::future::join_all(calls).await;
     assert!(results.into_iter().all(|r| r.unwrap()));
+    let gateway_connections = sample(
+        &mesh.gateway_registry,
+        r#"tcp_open_total{listener="Gateway"}"#,
+    );
+    assert_eq!(gateway_connections, 1.0, "connections into the gateway");
 }
 
 /// Serial number and SPIFFE ID of the certificate the gateway presents to a new

@@ -77,7 +77,8 @@ impl Pki {
 }
 
 /// An HTTP/1 + h2c echo server: the response body is the request body, header
-/// `x-seen-version` names the version the app saw, and gRPC requests get
+/// `x-seen-version` names the version the app saw, `x-seen-mark` whether it saw
+/// the proxies' HTTP/1-over-HTTP/2 mark (it must not), and gRPC requests get
 /// `grpc-status: 0` as a trailer.
 pub async fn http_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -100,6 +101,9 @@ type EchoBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
     let version = format!("{:?}", req.version());
+    let mark = req
+        .headers()
+        .contains_key(proxy::forward::orig_proto::HEADER);
     let grpc = req
         .headers()
         .get("content-type")
@@ -118,6 +122,8 @@ async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> 
     let mut rsp = Response::new(body);
     rsp.headers_mut()
         .insert("x-seen-version", version.parse().unwrap());
+    rsp.headers_mut()
+        .insert("x-seen-mark", mark.to_string().parse().unwrap());
     Ok(rsp)
 }
 

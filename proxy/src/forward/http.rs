@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::ForwardContext;
 use super::connect::{Connector, Upstream};
+use super::orig_proto;
 use crate::Error;
 use crate::accept::Drain;
 use crate::balance::Pick;
@@ -223,7 +224,7 @@ fn copy_of<B>(req: &Request<B>) -> Request<ProxyBody> {
 /// Sends `req` to an endpoint of the backend `target` routes it to, marking the
 /// endpoint dead or alive by the outcome.
 async fn send(
-    req: Request<ProxyBody>,
+    mut req: Request<ProxyBody>,
     protocol: Protocol,
     target: &Arc<Target>,
 ) -> Result<Response<Incoming>, Failed> {
@@ -235,10 +236,10 @@ async fn send(
         return Err(Failed::NoEndpoints);
     };
     let svc = pick.service();
-    let client = if protocol == Protocol::Http2 {
-        &svc.h2
-    } else {
-        &svc.h1
+    let meshed = pick.endpoint().identity.is_some();
+    let client = match orig_proto::prepare(&mut req, protocol, meshed) {
+        Protocol::Http2 => &svc.h2,
+        _ => &svc.h1,
     };
     let addr = pick.endpoint().addr;
     let started = Instant::now();

@@ -1,10 +1,12 @@
 //! Forwarding: moving a connection's traffic to the endpoints of its target. HTTP
 //! is proxied per request ([`http`]) so each request is balanced separately and
 //! upstream connections are reused; everything else is proxied per connection
-//! ([`tcp`]). [`connect`] opens the upstream connections for both.
+//! ([`tcp`]). [`connect`] opens the upstream connections for both; HTTP/1 between
+//! meshed peers travels as HTTP/2 ([`orig_proto`]).
 
 pub mod connect;
 pub mod http;
+pub mod orig_proto;
 pub mod tcp;
 
 use std::sync::Arc;
