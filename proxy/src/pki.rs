@@ -31,6 +31,9 @@ pub enum PkiError {
         #[source]
         source: std::io::Error,
     },
+    /// An issued certificate did not load as TLS credentials.
+    #[error("loading issued credentials: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// When a certificate is valid. Settable so tests can mint expired certificates.
@@ -175,6 +178,12 @@ impl Ca {
             key_pem: key.serialize_pem(),
             serial,
         })
+    }
+
+    /// Credentials for `id`, issued with `validity` and trusting this CA's root:
+    /// one identity in one trust domain, the fixture most tests need.
+    pub fn credentials(&self, id: &SpiffeId, validity: Validity) -> Result<Credentials, PkiError> {
+        Ok(self.issue(id, &[], validity)?.credentials(&self.root_pem)?)
     }
 
     /// This CA's own certificate.

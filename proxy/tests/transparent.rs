@@ -170,11 +170,8 @@ fn inbound_hands_redirected_traffic_to_the_original_port() {
 
         let ca = Ca::root("netns root", Validity::days(1)).unwrap();
         let configs = |id: &str| {
-            let leaf = ca
-                .issue(&SpiffeId::parse(id).unwrap(), &[], Validity::days(1))
-                .unwrap();
-            let creds = leaf.credentials(ca.root_pem()).unwrap();
-            Arc::new(TlsConfigs::build(&creds, &[]).unwrap())
+            let creds = ca.credentials(&SpiffeId::parse(id).unwrap(), Validity::days(1));
+            Arc::new(TlsConfigs::build(&creds.unwrap(), &[]).unwrap())
         };
         let router = Arc::new(Router::new(
             Arc::new(StaticDiscovery::new()),

@@ -159,11 +159,8 @@ async fn serve_tls_answers_over_mutual_tls_only() {
     crate::tls::install_default_provider();
     let ca = Ca::root("admin test root", Validity::days(1)).unwrap();
     let configs = |id: &str| {
-        let leaf = ca
-            .issue(&SpiffeId::parse(id).unwrap(), &[], Validity::days(1))
-            .unwrap();
-        let creds = leaf.credentials(ca.root_pem()).unwrap();
-        Arc::new(TlsConfigs::build(&creds, &[]).unwrap())
+        let creds = ca.credentials(&SpiffeId::parse(id).unwrap(), Validity::days(1));
+        Arc::new(TlsConfigs::build(&creds.unwrap(), &[]).unwrap())
     };
     let gateway_id = "spiffe://east.test/ns/mc/sa/gateway";
     let (_tls_tx, tls) = watch::channel(configs(gateway_id));
