@@ -424,3 +424,112 @@ async fn rotation_during_long_transfer_through_the_mesh() {
     let expected: Vec<u8> = (0..chunks).flat_map(|i| pattern(i).to_vec()).collect();
     assert!(got == expected, "the transfer was corrupted");
 }
+
+/// A TCP relay to `to` whose connections can be frozen: once [`Relay::freeze`]
+/// is called, the connections open at that moment stop carrying bytes in either
+/// direction but stay open (a peer that vanished without closing anything);
+/// later connections are relayed normally.
+struct Relay {
+    addr: std::net::SocketAddr,
+    frozen_below: Arc<AtomicUsize>,
+    opened: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen_below = Arc::new(AtomicUsize::new(0));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let (frozen, count) = (frozen_below.clone(), opened.clone());
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                let upstream = TcpStream::connect(to).await.unwrap();
+                let id = count.fetch_add(1, Ordering::SeqCst);
+                let frozen = frozen.clone();
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                tokio::spawn(pipe(cr, uw, id, frozen.clone()));
+                tokio::spawn(pipe(ur, cw, id, frozen));
+            }
+        });
+        Self {
+            addr,
+            frozen_below,
+            opened,
+        }
+    }
+
+    fn freeze(&self) {
+        let opened = self.opened.load(Ordering::SeqCst);
+        self.frozen_below.store(opened, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: usize,
+    frozen_below: Arc<AtomicUsize>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        if id < frozen_below.load(Ordering::SeqCst) {
+            // Hold both sockets and never move another byte.
+            std::future::pending::<()>().await;
+        }
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_is_left_for_a_new_connection() {
+    // All requests to a peer share one HTTP/2 connection; if the peer vanishes
+    // without closing it, pings find out and the request is retried on a new
+    // connection instead of waiting forever.
+    let mesh = Mesh::start(http_app().await).await;
+    let relay = Relay::start(mesh.inbound).await;
+    let via_relay = proxy::discovery::Endpoint {
+        identity: Some(BOOKS_ID.into()),
+        ..proxy::discovery::Endpoint::plain(relay.addr)
+    };
+    mesh.east_discovery.set(TARGET, vec![via_relay]);
+    let get = || {
+        http::Request::get(format!("http://{}/", mesh.outbound))
+            .header("host", MIRROR)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let client = h1_client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.opened.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request took the relay"
+        );
+        assert_eq!(client.request(get()).await.unwrap().status(), 200);
+    }
+    assert_eq!(relay.opened.load(Ordering::SeqCst), 1);
+    relay.freeze();
+    let started = tokio::time::Instant::now();
+    let rsp = tokio::time::timeout(Duration::from_secs(40), client.request(get()))
+        .await
+        .expect("the request waited on the frozen connection for 40 s")
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(
+        relay.opened.load(Ordering::SeqCst),
+        2,
+        "a second connection"
+    );
+    // Ping interval (10 s) plus ping timeout (5 s), and the retry.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

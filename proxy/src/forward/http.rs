@@ -38,6 +38,15 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
+/// An HTTP/2 connection with requests in flight that has received nothing for
+/// this long is pinged; one that does not answer within [`H2_PING_TIMEOUT`] is
+/// closed, failing its requests (so a retry or the next request opens a new
+/// connection). All requests to a meshed peer share its connection, so a peer
+/// that vanished without closing it would otherwise stall every one of them.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens connections to one endpoint for one session protocol; the connector of
 /// that endpoint's pooled clients. The request URI is ignored: the endpoint is
 /// fixed, so the URI's authority stays the one the app sent.
@@ -96,7 +105,12 @@ impl EndpointService {
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new());
         let h1 = builder.build(connect(Protocol::Http1));
-        let h2 = builder.http2_only(true).build(connect(Protocol::Http2));
+        let h2 = builder
+            .http2_only(true)
+            .http2_keep_alive_interval(H2_PING_INTERVAL)
+            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+            .timer(TokioTimer::new())
+            .build(connect(Protocol::Http2));
         Self {
             h1,
             h2,
