@@ -472,6 +472,13 @@ impl<K> Namespaced for K where
 {
 }
 
+/// Exports Service `name` in `ns` on `east` with one ready endpoint, 10.1.0.5.
+async fn export_one_ready(east: &Client, ns: &str, name: &str) {
+    apply(east, ns, &exported_service(name, "true", &[])).await;
+    let slice = remote_slice(name, &[("10.1.0.5", true, None)]);
+    apply(east, ns, &slice).await;
+}
+
 async fn apply<K: Namespaced>(client: &Client, ns: &str, obj: &K) {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap();
@@ -684,13 +691,7 @@ async fn restart_mid_way_leaves_no_duplicates_and_no_orphans() {
     let env = Env::linked("shop").await;
     let (east, west) = (env.east(), env.west());
     for name in ["books", "maps"] {
-        apply(&east, "shop", &exported_service(name, "true", &[])).await;
-        apply(
-            &east,
-            "shop",
-            &remote_slice(name, &[("10.1.0.5", true, None)]),
-        )
-        .await;
+        export_one_ready(&east, "shop", name).await;
     }
     let first = env.controller("replica-a");
     until_present(&west, "shop", "books-east").await;
@@ -732,13 +733,7 @@ async fn restart_mid_way_leaves_no_duplicates_and_no_orphans() {
 async fn remote_outage_keeps_mirrors_and_flips_readiness() {
     let env = Env::linked("shop").await;
     let (east, west) = (env.east(), env.west());
-    apply(&east, "shop", &exported_service("books", "true", &[])).await;
-    apply(
-        &east,
-        "shop",
-        &remote_slice("books", &[("10.1.0.5", true, None)]),
-    )
-    .await;
+    export_one_ready(&east, "shop", "books").await;
     let _controller = env.controller("replica-a");
     slice_until(&west, "shop", "books-east", "ready", |s| {
         ready_of(s) == [Some(true)]
@@ -1111,13 +1106,7 @@ async fn gateway_dns_names_are_resolved_and_followed() {
     let answer = Arc::new(std::sync::Mutex::new(first_ip));
     let (dns, _dns_task) = dns_server(answer.clone()).await;
     env.put_link_via("east", "gateway.east.example").await;
-    apply(&east, "shop", &exported_service("books", "true", &[])).await;
-    apply(
-        &east,
-        "shop",
-        &remote_slice("books", &[("10.1.0.5", true, None)]),
-    )
-    .await;
+    export_one_ready(&east, "shop", "books").await;
     let _controller = env.controller_with(
         "replica-a",
         SessionConfig {
@@ -1160,13 +1149,7 @@ async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 async fn binary_serves_metrics_and_ready_and_stops_on_sigterm() {
     let env = Env::linked("shop").await;
     let east = env.east();
-    apply(&east, "shop", &exported_service("books", "true", &[])).await;
-    apply(
-        &east,
-        "shop",
-        &remote_slice("books", &[("10.1.0.5", true, None)]),
-    )
-    .await;
+    export_one_ready(&east, "shop", "books").await;
     let bin = multicluster_tests::meshlink_binary("mirror").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let admin = multicluster_tests::free_addr().unwrap();
