@@ -66,6 +66,24 @@ async fn http1_crosses_the_gateway() {
 }
 
 #[tokio::test]
+async fn http1_0_reaches_the_app_as_http1_0() {
+    // Carried as HTTP/2 between the proxies, marked with its version.
+    let mesh = Mesh::start(http_app().await).await;
+    let mut conn = TcpStream::connect(mesh.outbound).await.unwrap();
+    let req = format!("POST /echo HTTP/1.0\r\nhost: {MIRROR}\r\ncontent-length: 3\r\n\r\nold");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut rsp = String::new();
+    conn.read_to_string(&mut rsp).await.unwrap();
+    assert!(
+        rsp.starts_with("HTTP/1.1 200") || rsp.starts_with("HTTP/1.0 200"),
+        "{rsp}"
+    );
+    assert!(rsp.contains("x-seen-version: HTTP/1.0\r\n"), "{rsp}");
+    assert!(rsp.contains("x-seen-mark: false\r\n"), "{rsp}");
+    assert!(rsp.ends_with("\r\n\r\nold"), "{rsp}");
+}
+
+#[tokio::test]
 async fn h2c_crosses_the_gateway_as_http2() {
     let mesh = Mesh::start(http_app().await).await;
     let rsp = h2_client()
