@@ -174,12 +174,17 @@ pub struct Mesh {
     _shutdown: watch::Sender<()>,
 }
 
-pub fn detect() -> DetectConfig {
+/// Protocol detection with `timeout`: short so server-speaks-first sessions start
+/// quickly, long where a busy test must not take a slow client for opaque.
+pub fn detect(timeout: Duration) -> DetectConfig {
     DetectConfig {
-        timeout: Duration::from_millis(300),
+        timeout,
         ..DetectConfig::default()
     }
 }
+
+/// The detection timeout of [`Mesh::start`].
+const QUICK_DETECT: Duration = Duration::from_millis(300);
 
 impl Mesh {
     pub async fn start(app: SocketAddr) -> Self {
@@ -188,7 +193,14 @@ impl Mesh {
 
     /// A mesh whose gateway admits only identities `policy` allows.
     pub async fn start_with(app: SocketAddr, policy: Policy) -> Self {
-        Self::build(app, policy, Pki::new(), None).await
+        Self::build(app, policy, Pki::new(), None, QUICK_DETECT).await
+    }
+
+    /// A mesh whose proxies wait up to 10 s for a client's first bytes, so that
+    /// under a burst of connections every HTTP client is detected as HTTP.
+    pub async fn start_patient(app: SocketAddr) -> Self {
+        let patient = Duration::from_secs(10);
+        Self::build(app, Policy::AnyTrusted, Pki::new(), None, patient).await
     }
 
     /// A mesh of `pki`'s identities whose gateway serves `gateway_tls` (issued by
@@ -198,7 +210,14 @@ impl Mesh {
         pki: Pki,
         gateway_tls: watch::Receiver<Arc<TlsConfigs>>,
     ) -> Self {
-        Self::build(app, Policy::AnyTrusted, pki, Some(gateway_tls)).await
+        Self::build(
+            app,
+            Policy::AnyTrusted,
+            pki,
+            Some(gateway_tls),
+            QUICK_DETECT,
+        )
+        .await
     }
 
     async fn build(
@@ -206,6 +225,7 @@ impl Mesh {
         policy: Policy,
         pki: Pki,
         gateway_tls: Option<watch::Receiver<Arc<TlsConfigs>>>,
+        detect_timeout: Duration,
     ) -> Self {
         let (shutdown, rx) = watch::channel(());
         let stop = move || {
@@ -232,7 +252,7 @@ impl Mesh {
         let inbound_proxy = Inbound::new(
             InboundConfig {
                 app: AppTarget::Fixed(app),
-                detect: detect(),
+                detect: detect(detect_timeout),
                 policy: Policy::AnyTrusted,
                 accept: AcceptConfig::default(),
                 handshake_timeout: Duration::from_secs(5),
@@ -304,7 +324,7 @@ impl Mesh {
         let out = Outbound::new(
             OutboundConfig {
                 target: TargetMode::Fixed(MIRROR.into()),
-                detect: detect(),
+                detect: detect(detect_timeout),
                 accept: AcceptConfig::default(),
                 idle_timeout: Duration::from_secs(60),
                 buffer_size: 16 * 1024,
