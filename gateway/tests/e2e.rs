@@ -551,3 +551,48 @@ async fn a_peer_that_stops_answering_is_left_for_a_new_connection() {
         started.elapsed()
     );
 }
+
+/// An HTTP/1 app that answers no request until `n` are waiting, then all of
+/// them (long polls that a peer's stream limit must not hold back).
+async fn barrier_app(n: usize) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let barrier = barrier.clone();
+                    async move {
+                        barrier.wait().await;
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("all here"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn more_requests_wait_at_once_than_one_peer_connection_streams_by_default() {
+    // 300 HTTP/1 requests that the app holds until all have arrived travel as
+    // streams of one HTTP/2 connection between the proxies; a peer limit of
+    // 200 concurrent streams would hold 100 back and the app would never answer.
+    const WAITING: usize = 300;
+    let mesh = Mesh::start_patient(barrier_app(WAITING).await).await;
+    let client = h1_client();
+    let calls = (0..WAITING).map(|i| {
+        let (client, req) = (client.clone(), request(&mesh, format!("req {i}")));
+        tokio::spawn(async move { client.request(req).await.map(|r| r.status()) })
+    });
+    let all = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+        .await
+        .expect("requests held back: the app never saw all of them");
+    assert!(all.into_iter().all(|r| r.unwrap().unwrap() == 200));
+}

@@ -29,6 +29,7 @@ use crate::accept::Drain;
 use crate::balance::Pick;
 use crate::detect::Protocol;
 use crate::discovery::Endpoint;
+use crate::metrics::Listener;
 use crate::retry;
 use crate::route::Target;
 
@@ -46,6 +47,14 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Streams one meshed peer may have open on one HTTP/2 connection to the inbound
+/// listener or the gateway. A peer carries all its HTTP/1 requests on that
+/// connection, where each used to have a connection of its own, so the bound is
+/// the listener's default connection cap rather than hyper's 200: long polls
+/// beyond 200 would otherwise wait for one another. Listeners facing the local
+/// app keep hyper's default.
+const PEER_STREAMS: u32 = 10_000;
 
 /// Opens connections to one endpoint for one session protocol; the connector of
 /// that endpoint's pooled clients. The request URI is ignored: the endpoint is
@@ -142,9 +151,12 @@ where
     });
     let io = TokioIo::new(io);
     if protocol == Protocol::Http2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(io, service);
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if ctx.listener != Listener::Outbound {
+            builder.max_concurrent_streams(PEER_STREAMS);
+        }
+        let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
         tokio::select! {
             res = conn.as_mut() => return res,
