@@ -596,3 +596,44 @@ async fn more_requests_wait_at_once_than_one_peer_connection_streams_by_default(
         .expect("requests held back: the app never saw all of them");
     assert!(all.into_iter().all(|r| r.unwrap().unwrap() == 200));
 }
+
+#[tokio::test]
+async fn large_headers_cross_as_they_do_over_http1() {
+    // 40 KiB of headers each way: more than HTTP/2's usual 16 KiB header list,
+    // well within what an HTTP/1 hop accepts.
+    let app = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let svc =
+                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+                        let big = req.headers().get("x-big").cloned();
+                        async move {
+                            let mut rsp = http::Response::new(Full::new(Bytes::new()));
+                            if let Some(big) = big {
+                                rsp.headers_mut().insert("x-big-back", big);
+                            }
+                            Ok::<_, Infallible>(rsp)
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+                );
+            }
+        });
+        addr
+    };
+    let mesh = Mesh::start(app).await;
+    let big = "a".repeat(40 * 1024);
+    let mut req = request(&mesh, "");
+    req.headers_mut().insert("x-big", big.parse().unwrap());
+    let rsp = h1_client().request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(
+        rsp.headers().get("x-big-back").map(|v| v.len()),
+        Some(big.len())
+    );
+}

@@ -56,6 +56,11 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// app keep hyper's default.
 const PEER_STREAMS: u32 = 10_000;
 
+/// The largest header list an HTTP/2 hop between peers carries, either way:
+/// about what an HTTP/1 hop reads (hyper's ~408 KiB head buffer), so a request
+/// that crossed as HTTP/1 still crosses. HTTP/2's usual 16 KiB would answer 431.
+const PEER_HEADER_BYTES: u32 = 400 * 1024;
+
 /// Opens connections to one endpoint for one session protocol; the connector of
 /// that endpoint's pooled clients. The request URI is ignored: the endpoint is
 /// fixed, so the URI's authority stays the one the app sent.
@@ -118,6 +123,7 @@ impl EndpointService {
             .http2_only(true)
             .http2_keep_alive_interval(H2_PING_INTERVAL)
             .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+            .http2_max_header_list_size(PEER_HEADER_BYTES)
             .timer(TokioTimer::new())
             .build(connect(Protocol::Http2));
         Self {
@@ -154,7 +160,9 @@ where
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         if ctx.listener != Listener::Outbound {
-            builder.max_concurrent_streams(PEER_STREAMS);
+            builder
+                .max_concurrent_streams(PEER_STREAMS)
+                .max_header_list_size(PEER_HEADER_BYTES);
         }
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
