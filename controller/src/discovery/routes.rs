@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::grpc::Resolve;
 use super::index::{Destination, ServiceKey};
 use super::target::Target;
-use crate::watch_errors::WatchErrors;
+use crate::watch_errors::{CrdBackoff, WatchErrors};
 
 /// The routes of every root Service that has a TrafficSplit.
 #[derive(Debug)]
@@ -225,7 +225,8 @@ pub async fn watch_splits(
     restarts: prometheus_client::metrics::counter::Counter,
 ) {
     let mut events = Box::pin(
-        watcher(Api::<TrafficSplit>::all(client), watcher::Config::default()).default_backoff(),
+        watcher(Api::<TrafficSplit>::all(client), watcher::Config::default())
+            .backoff(CrdBackoff::default()),
     );
     let mut listing = Vec::new();
     let mut errors = WatchErrors::new("TrafficSplit");

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::Metrics;
 use super::decide::{self, HoldDown};
-use crate::watch_errors::WatchErrors;
+use crate::watch_errors::{CrdBackoff, WatchErrors};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -75,7 +75,7 @@ pub async fn run(
         splits_api,
         watcher::Config::default().labels(&config.selector),
     )
-    .default_backoff()
+    .backoff(CrdBackoff::default())
     .reflect(splits_w);
     let slice_events = watcher(
         Api::<EndpointSlice>::all(client.clone()),
