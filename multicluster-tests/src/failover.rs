@@ -227,6 +227,9 @@ pub async fn linked_with_west_app(
         .cluster("west")
         .start()
         .await?;
+    // The CRD before the controllers, so their TrafficSplit watches list it at
+    // once instead of waiting out a retry.
+    install_crd(harness.cluster("west")).await?;
     let scenario = crate::Scenario::start(&harness, &mut |line| println!("{line}")).await?;
     let west = harness.cluster("west");
     let pod = west.create_pod(app, &west.zones()[0])?;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use api::split::{ACTIVE_TIER, ORDER, ORIGINAL_WEIGHTS, PRIMARY, TrafficSplit, weights};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
@@ -394,14 +394,37 @@ impl CrossCluster {
             if tier(&split) == Some(want) {
                 return Ok(split);
             }
-            ensure!(
-                Instant::now() < deadline,
-                "split never reached tier {want}: {:?} {:?}",
-                weights(&split),
-                split.annotations()
-            );
+            if Instant::now() >= deadline {
+                bail!(
+                    "split never reached tier {want}: {:?} {:?}; endpoints ready/all: {}",
+                    weights(&split),
+                    split.annotations(),
+                    self.slice_readiness().await?
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `service ready/all` for each EndpointSlice in the app namespace, for
+    /// failure messages.
+    async fn slice_readiness(&self) -> Result<String> {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.split_client.clone(), APP_NAMESPACE);
+        let list = slices.list(&ListParams::default()).await?;
+        let rows = list.items.iter().map(|s| {
+            let ready = s
+                .endpoints
+                .iter()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                .count();
+            let service = s
+                .labels()
+                .get("kubernetes.io/service-name")
+                .cloned()
+                .unwrap_or_default();
+            format!("{service} {ready}/{}", s.endpoints.len())
+        });
+        Ok(rows.collect::<Vec<_>>().join(", "))
     }
 
     /// Failed requests and time to 99% on `backup` in the window after `kill`.
