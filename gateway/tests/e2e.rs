@@ -555,28 +555,15 @@ async fn a_peer_that_stops_answering_is_left_for_a_new_connection() {
 /// An HTTP/1 app that answers no request until `n` are waiting, then all of
 /// them (long polls that a peer's stream limit must not hold back).
 async fn barrier_app(n: usize) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let barrier = barrier.clone();
-                    async move {
-                        barrier.wait().await;
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("all here"))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
+    http1_app(move |_| {
+        let barrier = barrier.clone();
+        async move {
+            barrier.wait().await;
+            http::Response::new(Full::new(Bytes::from("all here")))
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
@@ -601,31 +588,17 @@ async fn more_requests_wait_at_once_than_one_peer_connection_streams_by_default(
 async fn large_headers_cross_as_they_do_over_http1() {
     // 40 KiB of headers each way: more than HTTP/2's usual 16 KiB header list,
     // well within what an HTTP/1 hop accepts.
-    let app = {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                let svc =
-                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
-                        let big = req.headers().get("x-big").cloned();
-                        async move {
-                            let mut rsp = http::Response::new(Full::new(Bytes::new()));
-                            if let Some(big) = big {
-                                rsp.headers_mut().insert("x-big-back", big);
-                            }
-                            Ok::<_, Infallible>(rsp)
-                        }
-                    });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc),
-                );
+    let app = http1_app(|req: http::Request<hyper::body::Incoming>| {
+        let big = req.headers().get("x-big").cloned();
+        async move {
+            let mut rsp = http::Response::new(Full::new(Bytes::new()));
+            if let Some(big) = big {
+                rsp.headers_mut().insert("x-big-back", big);
             }
-        });
-        addr
-    };
+            rsp
+        }
+    })
+    .await;
     let mesh = Mesh::start(app).await;
     let big = "a".repeat(40 * 1024);
     let mut req = request(&mesh, "");

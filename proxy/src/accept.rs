@@ -62,6 +62,9 @@ impl Stop {
     }
 }
 
+/// Connections one listener serves at once unless configured otherwise.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
 /// Limits of one accept loop.
 #[derive(Clone, Copy, Debug)]
 pub struct AcceptConfig {
@@ -74,7 +77,7 @@ pub struct AcceptConfig {
 impl Default for AcceptConfig {
     fn default() -> Self {
         Self {
-            max_connections: 10_000,
+            max_connections: MAX_CONNECTIONS,
             drain_deadline: Duration::from_secs(30),
         }
     }

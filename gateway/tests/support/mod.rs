@@ -127,6 +127,30 @@ async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> 
     Ok(rsp)
 }
 
+/// A plain HTTP/1 app on loopback answering every request with `handler`.
+pub async fn http1_app<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let handler = handler.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let rsp = handler(req);
+                async move { Ok::<_, Infallible>(rsp.await) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc),
+            );
+        }
+    });
+    addr
+}
+
 /// A TCP echo server.
 pub async fn tcp_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

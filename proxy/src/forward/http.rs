@@ -54,7 +54,7 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// the listener's default connection cap rather than hyper's 200: long polls
 /// beyond 200 would otherwise wait for one another. Listeners facing the local
 /// app keep hyper's default.
-const PEER_STREAMS: u32 = 10_000;
+const PEER_STREAMS: u32 = crate::accept::MAX_CONNECTIONS as u32;
 
 /// The largest header list an HTTP/2 hop between peers carries, either way:
 /// about what an HTTP/1 hop reads (hyper's ~408 KiB head buffer), so a request
