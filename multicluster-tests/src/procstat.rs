@@ -85,7 +85,10 @@ mod tests {
         let me = std::process::id();
         let rss = status_kib(me, "VmRSS").unwrap();
         assert!(rss > 0);
-        assert!(status_kib(me, "VmHWM").unwrap() >= rss);
+        // Other test threads map and unmap memory between two reads, and the
+        // kernel's RSS counters are per-CPU estimates: only the peak's presence
+        // is certain, not its order against an earlier RSS read.
+        assert!(status_kib(me, "VmHWM").unwrap() > 0);
         let spin = std::time::Instant::now();
         while spin.elapsed() < Duration::from_millis(50) {
             std::hint::black_box(0u64);
