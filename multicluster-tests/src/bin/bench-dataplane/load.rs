@@ -53,11 +53,19 @@ impl Run {
         }
     }
 
+    /// Adds `other`'s requests; `elapsed` stays this run's (connections of one
+    /// run overlap in time).
     fn merge(&mut self, other: &Self) {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
         self.ok += other.ok;
         self.errors += other.errors;
+    }
+
+    /// Appends a later run on the same path: its requests and its duration.
+    pub fn extend(&mut self, later: &Self) {
+        self.merge(later);
+        self.elapsed += later.elapsed;
     }
 
     /// Answered requests per second.
@@ -69,6 +77,15 @@ impl Run {
     pub fn quantile(&self, q: f64) -> Duration {
         Duration::from_nanos(self.latency.value_at_quantile(q))
     }
+}
+
+/// How a client sends.
+#[derive(Clone, Copy, Debug)]
+pub enum Load {
+    /// Open loop at this many requests per second in total.
+    Paced(f64),
+    /// Closed loop: each connection sends as soon as its last answer is in.
+    Closed,
 }
 
 /// A set of open connections to one address.
@@ -87,9 +104,17 @@ impl Client {
         Ok(Self { addr, conns })
     }
 
+    /// Applies `load` for `duration`.
+    pub async fn load(&mut self, load: Load, duration: Duration) -> Result<Run> {
+        match load {
+            Load::Paced(rate) => self.paced(rate, duration).await,
+            Load::Closed => self.closed(duration).await,
+        }
+    }
+
     /// Sends `rate` requests per second in total, spread over the connections,
     /// for `duration`.
-    pub async fn paced(&mut self, rate: f64, duration: Duration) -> Result<Run> {
+    async fn paced(&mut self, rate: f64, duration: Duration) -> Result<Run> {
         let n = self.conns.len() as f64;
         let interval = Duration::from_secs_f64(n / rate);
         let start = Instant::now() + Duration::from_millis(10);
@@ -101,7 +126,7 @@ impl Client {
     }
 
     /// Sends back to back on every connection for `duration`.
-    pub async fn closed(&mut self, duration: Duration) -> Result<Run> {
+    async fn closed(&mut self, duration: Duration) -> Result<Run> {
         self.run(Instant::now() + duration, duration, |_| Pace::BackToBack)
             .await
     }

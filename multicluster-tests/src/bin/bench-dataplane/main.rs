@@ -10,7 +10,8 @@
 //! Each path is measured paced at 1,000 and 5,000 HTTP/1 requests per second (open
 //! loop, 16 connections) and closed loop (64 connections) for its maximum
 //! throughput, with the hops' CPU time and resident memory read from /proc. The
-//! paths take turns within each phase, so a change in machine load hits all three.
+//! paths take turns within each phase, in rounds (see [`ROUNDS`]), so a change in
+//! machine load hits all three.
 //! Prints a Markdown table: figures, added latency per hop, ratios to direct and to
 //! nginx, and the goals.
 //!
@@ -30,7 +31,7 @@ use anyhow::{Context, Result};
 use multicluster_tests::{free_addr, meshlink_binary, procstat};
 use tokio::time::Instant;
 
-use load::Client;
+use load::{Client, Load};
 use path::{Certs, Hop, Path, wait_until};
 use report::{Measured, Results, Trio};
 
@@ -38,6 +39,10 @@ const RATES: [f64; 2] = [1000.0, 5000.0];
 const PACED_CONNECTIONS: usize = 16;
 const CLOSED_CONNECTIONS: usize = 64;
 const WARMUP: Duration = Duration::from_secs(2);
+/// Each phase's measured time is split into this many rounds, and the paths
+/// take turns round by round, so a burst of load from outside the benchmark
+/// falls on all three paths alike rather than on whichever ran then.
+const ROUNDS: u32 = 5;
 /// How often resident memory is sampled during a run.
 const RSS_SAMPLE: Duration = Duration::from_millis(100);
 
@@ -74,40 +79,33 @@ async fn main() -> Result<()> {
     let load_start = procstat::load_average();
     eprintln!("load average {load_start}; {seconds} s per run after {WARMUP:?} of warm-up");
 
+    let round = measured / ROUNDS;
     let mut paced = Vec::new();
     for rate in RATES {
-        let mut runs = Vec::new();
-        for path in &paths {
-            let mut client = Client::connect(path.entry, PACED_CONNECTIONS).await?;
-            client.paced(rate, WARMUP).await?;
-            let m = measure(path, client.paced(rate, measured)).await?;
+        let runs = phase(&paths, Load::Paced(rate), PACED_CONNECTIONS, round).await?;
+        for (path, m) in paths.iter().zip(&runs) {
             eprintln!(
                 "{} at {rate} rps: p99 {:?}",
                 path.name,
                 m.run.quantile(0.99)
             );
-            runs.push(m);
         }
-        paced.push((rate, trio(runs)));
+        paced.push((rate, runs));
     }
-    let mut max = Vec::new();
-    for path in &paths {
-        let mut client = Client::connect(path.entry, CLOSED_CONNECTIONS).await?;
-        client.closed(WARMUP).await?;
-        let m = measure(path, client.closed(measured)).await?;
+    let max = phase(&paths, Load::Closed, CLOSED_CONNECTIONS, round).await?;
+    for (path, m) in paths.iter().zip(&max) {
         eprintln!(
             "{} max throughput: {:.0} rps",
             path.name,
             m.run.throughput()
         );
-        max.push(m);
     }
     let results = Results {
         load_start,
         load_end: procstat::load_average(),
         connections: (PACED_CONNECTIONS, CLOSED_CONNECTIONS),
         paced,
-        max: trio(max),
+        max,
         idle_kib,
         peak_kib: try_each(&paths, |p| {
             p.hops.iter().map(|h| h.memory_kib("VmHWM")).collect()
@@ -115,6 +113,34 @@ async fn main() -> Result<()> {
     };
     println!("{}", report::render(&results));
     Ok(())
+}
+
+/// Measures every path under `load` on `connections` connections each: a
+/// warm-up per path, then [`ROUNDS`] rounds of `round` in which the paths take
+/// turns. Each path's rounds add up to one measurement.
+async fn phase(
+    paths: &Trio<Path>,
+    load: Load,
+    connections: usize,
+    round: Duration,
+) -> Result<Trio<Measured>> {
+    let mut clients = Vec::new();
+    for path in paths {
+        let mut client = Client::connect(path.entry, connections).await?;
+        client.load(load, WARMUP).await?;
+        clients.push(client);
+    }
+    let mut totals: Vec<Option<Measured>> = paths.iter().map(|_| None).collect();
+    for _ in 0..ROUNDS {
+        for ((path, client), total) in paths.iter().zip(&mut clients).zip(&mut totals) {
+            let m = measure(path, client.load(load, round)).await?;
+            match total {
+                Some(t) => t.extend(&m),
+                None => *total = Some(m),
+            }
+        }
+    }
+    Ok(trio(totals.into_iter().flatten().collect()))
 }
 
 /// Runs `run` while sampling the path's memory, and takes the CPU time its hops

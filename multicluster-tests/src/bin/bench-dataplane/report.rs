@@ -20,6 +20,20 @@ pub struct Measured {
     pub rss_kib: Vec<u64>,
 }
 
+impl Measured {
+    /// Appends a later round on the same path: requests and CPU time add up,
+    /// memory keeps the highest sample.
+    pub fn extend(&mut self, later: &Self) {
+        self.run.extend(&later.run);
+        for (cpu, more) in self.cpu.iter_mut().zip(&later.cpu) {
+            *cpu += *more;
+        }
+        for (kib, sample) in self.rss_kib.iter_mut().zip(&later.rss_kib) {
+            *kib = (*kib).max(*sample);
+        }
+    }
+}
+
 /// Direct, meshlink and nginx, in that order.
 pub type Trio<T> = [T; 3];
 
