@@ -3,7 +3,7 @@
 # mTLS) vs nginx (the same hops, mTLS) at 1,000 and 5,000 HTTP/1 rps and at
 # maximum throughput. Installs nginx (Debian package) if missing, builds the
 # release binaries, runs the benchmark and prints a Markdown table ready to paste
-# into docs/benchmarks.md. Usage: scripts/bench-dataplane.sh [SECONDS per run]
+# into docs/benchmarks.md. Usage: scripts/bench-dataplane.sh [SECONDS per path and phase]
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${MESHLINK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshlink}

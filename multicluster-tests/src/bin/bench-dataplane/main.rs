@@ -15,8 +15,8 @@
 //! Prints a Markdown table: figures, added latency per hop, ratios to direct and to
 //! nginx, and the issue's goals.
 //!
-//! `scripts/bench-dataplane.sh [SECONDS]` builds and runs it (SECONDS per
-//! measured run, default 10, after 2 s of warm-up on the same connections).
+//! `scripts/bench-dataplane.sh [SECONDS]` builds and runs it (SECONDS measured
+//! per path and phase, default 10, after 2 s of warm-up on the same connections).
 
 mod load;
 mod meshlink;
@@ -77,7 +77,10 @@ async fn main() -> Result<()> {
     ];
     let idle_kib = try_each(&paths, Path::rss_kib)?;
     let load_start = procstat::load_average();
-    eprintln!("load average {load_start}; {seconds} s per run after {WARMUP:?} of warm-up");
+    eprintln!(
+        "load average {load_start}; {seconds} s per path and phase in {ROUNDS} rounds, \
+         after {WARMUP:?} of warm-up"
+    );
 
     let round = measured / ROUNDS;
     let mut paced = Vec::new();
