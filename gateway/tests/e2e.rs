@@ -451,6 +451,10 @@ struct Relay {
     addr: std::net::SocketAddr,
     frozen_below: Arc<AtomicUsize>,
     opened: Arc<AtomicUsize>,
+    /// Frozen connections whose client (the proxy) has closed its side.
+    abandoned: Arc<AtomicUsize>,
+    /// Bytes relayed, both ways.
+    moved: Arc<AtomicUsize>,
 }
 
 impl Relay {
@@ -459,7 +463,10 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let frozen_below = Arc::new(AtomicUsize::new(0));
         let opened = Arc::new(AtomicUsize::new(0));
-        let (frozen, count) = (frozen_below.clone(), opened.clone());
+        let abandoned = Arc::new(AtomicUsize::new(0));
+        let moved = Arc::new(AtomicUsize::new(0));
+        let (frozen, count, gone) = (frozen_below.clone(), opened.clone(), abandoned.clone());
+        let bytes = moved.clone();
         tokio::spawn(async move {
             loop {
                 let (client, _) = listener.accept().await.unwrap();
@@ -468,14 +475,21 @@ impl Relay {
                 let frozen = frozen.clone();
                 let (cr, cw) = client.into_split();
                 let (ur, uw) = upstream.into_split();
-                tokio::spawn(pipe(cr, uw, id, frozen.clone()));
-                tokio::spawn(pipe(ur, cw, id, frozen));
+                tokio::spawn(pipe(ur, cw, id, frozen.clone(), bytes.clone()));
+                let (gone, bytes) = (gone.clone(), bytes.clone());
+                tokio::spawn(async move {
+                    if pipe(cr, uw, id, frozen, bytes).await == Ended::ClosedWhileFrozen {
+                        gone.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
             }
         });
         Self {
             addr,
             frozen_below,
             opened,
+            abandoned,
+            moved,
         }
     }
 
@@ -485,22 +499,82 @@ impl Relay {
     }
 }
 
+/// How a relayed direction ended.
+#[derive(PartialEq)]
+enum Ended {
+    Closed,
+    /// The reading side closed after the connection was frozen.
+    ClosedWhileFrozen,
+}
+
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     id: usize,
     frozen_below: Arc<AtomicUsize>,
-) {
+    moved: Arc<AtomicUsize>,
+) -> Ended {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = from.read(&mut buf).await.unwrap_or(0);
         if id < frozen_below.load(Ordering::SeqCst) {
-            // Hold both sockets and never move another byte.
-            std::future::pending::<()>().await;
+            // Hold both sockets and never move another byte; only notice when
+            // the reading side gives up.
+            while from.read(&mut buf).await.unwrap_or(0) > 0 {}
+            return Ended::ClosedWhileFrozen;
         }
         if n == 0 || to.write_all(&buf[..n]).await.is_err() {
-            return;
+            return Ended::Closed;
         }
+        moved.fetch_add(n, Ordering::SeqCst);
+    }
+}
+
+/// West's client, with the east sidecar reached through a [`Relay`].
+struct Relayed {
+    mesh: Mesh,
+    relay: Relay,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Relayed {
+    /// The mesh, after requests until one crossed the relay: the proxies then
+    /// hold exactly one connection through it.
+    async fn start() -> Self {
+        let mesh = Mesh::start(http_app().await).await;
+        let relay = Relay::start(mesh.inbound).await;
+        let via_relay = proxy::discovery::Endpoint {
+            identity: Some(BOOKS_ID.into()),
+            ..proxy::discovery::Endpoint::plain(relay.addr)
+        };
+        mesh.east_discovery.set(TARGET, vec![via_relay]);
+        let this = Self {
+            mesh,
+            relay,
+            client: h1_client(),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while this.relay.opened.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no request took the relay"
+            );
+            assert_eq!(this.get().await.status(), 200);
+        }
+        assert_eq!(this.relay.opened.load(Ordering::SeqCst), 1);
+        this
+    }
+
+    /// A GET from west's app, answered within 40 s.
+    async fn get(&self) -> http::Response<hyper::body::Incoming> {
+        let req = http::Request::get(format!("http://{}/", self.mesh.outbound))
+            .header("host", MIRROR)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(40), self.client.request(req))
+            .await
+            .expect("the request waited on the frozen connection for 40 s")
+            .unwrap()
     }
 }
 
@@ -509,38 +583,12 @@ async fn a_peer_that_stops_answering_is_left_for_a_new_connection() {
     // All requests to a peer share one HTTP/2 connection; if the peer vanishes
     // without closing it, pings find out and the request is retried on a new
     // connection instead of waiting forever.
-    let mesh = Mesh::start(http_app().await).await;
-    let relay = Relay::start(mesh.inbound).await;
-    let via_relay = proxy::discovery::Endpoint {
-        identity: Some(BOOKS_ID.into()),
-        ..proxy::discovery::Endpoint::plain(relay.addr)
-    };
-    mesh.east_discovery.set(TARGET, vec![via_relay]);
-    let get = || {
-        http::Request::get(format!("http://{}/", mesh.outbound))
-            .header("host", MIRROR)
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
-    let client = h1_client();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while relay.opened.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no request took the relay"
-        );
-        assert_eq!(client.request(get()).await.unwrap().status(), 200);
-    }
-    assert_eq!(relay.opened.load(Ordering::SeqCst), 1);
-    relay.freeze();
+    let relayed = Relayed::start().await;
+    relayed.relay.freeze();
     let started = tokio::time::Instant::now();
-    let rsp = tokio::time::timeout(Duration::from_secs(40), client.request(get()))
-        .await
-        .expect("the request waited on the frozen connection for 40 s")
-        .unwrap();
-    assert_eq!(rsp.status(), 200);
+    assert_eq!(relayed.get().await.status(), 200);
     assert_eq!(
-        relay.opened.load(Ordering::SeqCst),
+        relayed.relay.opened.load(Ordering::SeqCst),
         2,
         "a second connection"
     );
@@ -549,6 +597,68 @@ async fn a_peer_that_stops_answering_is_left_for_a_new_connection() {
         started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_to_a_vanished_peer_is_closed_before_the_next_request() {
+    // The pooled connection is idle when the peer stops answering: pings find
+    // that out too, so the next request does not wait for them.
+    let relayed = Relayed::start().await;
+    relayed.relay.freeze();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while relayed.relay.abandoned.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection to the frozen peer was still open after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = tokio::time::Instant::now();
+    assert_eq!(relayed.get().await.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(relayed.relay.opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn apps_are_not_pinged() {
+    // Pings are for connections between meshed peers; an app's HTTP/2 server
+    // may count them as abuse and close the connection (gRPC-Go does, streams
+    // and all). An HTTP/2 echo whose stream stays open while nothing moves.
+    let relay = Relay::start(http_app().await).await;
+    let mesh = Mesh::start(relay.addr).await;
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = http::Request::post(format!("http://{}/echo", mesh.outbound))
+        .header("host", MIRROR)
+        .body(StreamBody::new(rx))
+        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from("first"))))
+        .await
+        .unwrap();
+    let rsp = client.request(req).await.unwrap();
+    assert_eq!(rsp.headers()["x-seen-version"], "HTTP/2.0");
+    let mut body = rsp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first");
+    let before = relay.moved.load(Ordering::SeqCst);
+    // Nothing to wait for: a ping would cross within the ping interval (10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        relay.moved.load(Ordering::SeqCst),
+        before,
+        "bytes crossed to the app while its stream was quiet"
+    );
+    drop(tx);
+    assert!(
+        body.collect().await.is_ok(),
+        "the stream did not end cleanly"
     );
 }
 

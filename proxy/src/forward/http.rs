@@ -39,11 +39,14 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-/// An HTTP/2 connection with requests in flight that has received nothing for
-/// this long is pinged; one that does not answer within [`H2_PING_TIMEOUT`] is
+/// An HTTP/2 connection to a meshed peer that has received nothing for this long
+/// is pinged, idle or not; one that does not answer within [`H2_PING_TIMEOUT`] is
 /// closed, failing its requests (so a retry or the next request opens a new
-/// connection). All requests to a meshed peer share its connection, so a peer
-/// that vanished without closing it would otherwise stall every one of them.
+/// connection). All requests to a peer share its connection, so a peer that
+/// vanished without closing it would otherwise stall every one of them, and an
+/// idle pooled connection to it would stall the next request for the same time.
+/// Apps are not pinged: their servers may take pings for abuse (gRPC-Go closes
+/// a connection pinged more often than every 5 minutes by default).
 const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,13 +122,17 @@ impl EndpointService {
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new());
         let h1 = builder.build(connect(Protocol::Http1));
-        let h2 = builder
+        builder
             .http2_only(true)
-            .http2_keep_alive_interval(H2_PING_INTERVAL)
-            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
             .http2_max_header_list_size(PEER_HEADER_BYTES)
-            .timer(TokioTimer::new())
-            .build(connect(Protocol::Http2));
+            .timer(TokioTimer::new());
+        if endpoint.identity.is_some() {
+            builder
+                .http2_keep_alive_interval(H2_PING_INTERVAL)
+                .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+                .http2_keep_alive_while_idle(true);
+        }
+        let h2 = builder.build(connect(Protocol::Http2));
         Self {
             h1,
             h2,
