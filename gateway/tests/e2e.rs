@@ -720,3 +720,49 @@ async fn large_headers_cross_as_they_do_over_http1() {
         Some(big.len())
     );
 }
+
+#[tokio::test]
+async fn slow_readers_do_not_stall_other_requests_to_the_same_peer() {
+    // HTTP/1 clients that stop reading large responses. Over HTTP/1 each would
+    // only fill its own connection; carried as streams of one HTTP/2 connection
+    // they must not use up its flow-control window for every other request.
+    const SLOW: usize = 6;
+    let big = Bytes::from(vec![7u8; 32 << 20]);
+    let app = http1_app(move |req| {
+        let body = if req.uri().path() == "/big" {
+            big.clone()
+        } else {
+            Bytes::from("small")
+        };
+        async move { http::Response::new(Full::new(body)) }
+    })
+    .await;
+    let mesh = Mesh::start(app).await;
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let mut s = TcpStream::connect(mesh.outbound).await.unwrap();
+        let get = format!("GET /big HTTP/1.1\r\nhost: {MIRROR}\r\n\r\n");
+        s.write_all(get.as_bytes()).await.unwrap();
+        slow.push(s);
+    }
+    let client = h1_client();
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut answered = 0;
+    while tokio::time::Instant::now() < until {
+        let req = http::Request::get(format!("http://{}/small", mesh.outbound))
+            .header("host", MIRROR)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let exchange = async {
+            let rsp = client.request(req).await.unwrap();
+            rsp.into_body().collect().await.unwrap().to_bytes()
+        };
+        let body = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("request {answered} waited 5 s behind {SLOW} slow readers"));
+        assert_eq!(body, "small");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(slow);
+}

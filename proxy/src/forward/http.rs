@@ -64,6 +64,15 @@ const PEER_STREAMS: u32 = crate::accept::MAX_CONNECTIONS as u32;
 /// that crossed as HTTP/1 still crosses. HTTP/2's usual 16 KiB would answer 431.
 const PEER_HEADER_BYTES: u32 = 400 * 1024;
 
+/// The connection-level flow-control window of every HTTP/2 connection the
+/// proxy serves or opens: the most HTTP/2 allows, so that only each stream's own
+/// window (hyper's 2 MiB) holds data back. One connection carries streams that
+/// would each have had a connection of their own (a peer's HTTP/1 requests, or
+/// an app's streams to several upstreams); with a bounded connection window a
+/// few readers that stop reading large responses would use it up and stall
+/// every other stream on the connection.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 /// Opens connections to one endpoint for one session protocol; the connector of
 /// that endpoint's pooled clients. The request URI is ignored: the endpoint is
 /// fixed, so the URI's authority stays the one the app sent.
@@ -125,6 +134,7 @@ impl EndpointService {
         builder
             .http2_only(true)
             .http2_max_header_list_size(PEER_HEADER_BYTES)
+            .http2_initial_connection_window_size(CONNECTION_WINDOW)
             .timer(TokioTimer::new());
         if endpoint.identity.is_some() {
             builder
@@ -165,7 +175,9 @@ where
     let io = TokioIo::new(io);
     if protocol == Protocol::Http2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_connection_window_size(CONNECTION_WINDOW);
         if ctx.listener != Listener::Outbound {
             builder
                 .max_concurrent_streams(PEER_STREAMS)
