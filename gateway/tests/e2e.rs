@@ -766,3 +766,61 @@ async fn slow_readers_do_not_stall_other_requests_to_the_same_peer() {
     }
     drop(slow);
 }
+
+#[tokio::test]
+async fn a_draining_gateway_finishes_the_streams_it_carries() {
+    // West's HTTP/1 requests ride one HTTP/2 connection into the gateway; when
+    // the gateway shuts down, every request already on that connection is
+    // answered.
+    const HELD: usize = 20;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (count, gate) = (seen.clone(), release.clone());
+    let app = http1_app(move |_| {
+        let (count, gate) = (count.clone(), gate.clone());
+        async move {
+            count.fetch_add(1, Ordering::SeqCst);
+            gate.acquire().await.unwrap().forget();
+            http::Response::new(Full::new(Bytes::from("late")))
+        }
+    })
+    .await;
+    let mesh = Mesh::start(app).await;
+    let client = h1_client();
+    let mut held = tokio::task::JoinSet::new();
+    for _ in 0..HELD {
+        let req = http::Request::get(format!("http://{}/", mesh.outbound))
+            .header("host", MIRROR)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let client = client.clone();
+        held.spawn(async move {
+            let rsp = client.request(req).await.unwrap();
+            let status = rsp.status();
+            (status, rsp.into_body().collect().await.unwrap().to_bytes())
+        });
+    }
+    assert!(
+        eventually(|| seen.load(Ordering::SeqCst) == HELD).await,
+        "{} of {HELD} requests reached the app",
+        seen.load(Ordering::SeqCst)
+    );
+    mesh.stop_gateway();
+    // The gateway no longer accepts: new connections are refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(mesh.gateway).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway still accepts connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    release.add_permits(HELD);
+    let mut answered = 0;
+    while let Some(done) = held.join_next().await {
+        let (status, body) = done.unwrap();
+        assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"late"[..]));
+        answered += 1;
+    }
+    assert_eq!(answered, HELD);
+}

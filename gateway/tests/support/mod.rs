@@ -196,6 +196,7 @@ pub struct Mesh {
     pub outbound_registry: Registry,
     pub east_discovery: Arc<StaticDiscovery>,
     _shutdown: watch::Sender<()>,
+    gateway_shutdown: watch::Sender<()>,
 }
 
 /// Protocol detection with `timeout`: short so server-speaks-first sessions start
@@ -321,7 +322,11 @@ impl Mesh {
             gw_router,
             gw_metrics,
         );
-        tokio::spawn(gw.serve(gateway_l, stop()));
+        let (gateway_shutdown, gateway_stop) = watch::channel(());
+        let mut gateway_stop = gateway_stop;
+        tokio::spawn(gw.serve(gateway_l, async move {
+            let _ = gateway_stop.changed().await;
+        }));
 
         // West: the client's sidecar (outbound), resolving the mirror service.
         let west_discovery = Arc::new(StaticDiscovery::new());
@@ -367,7 +372,14 @@ impl Mesh {
             outbound_registry,
             east_discovery,
             _shutdown: shutdown,
+            gateway_shutdown,
         }
+    }
+
+    /// Shuts the gateway down alone, as SIGTERM does: it stops accepting and
+    /// drains what it carries.
+    pub fn stop_gateway(&self) {
+        self.gateway_shutdown.send_replace(());
     }
 }
 
