@@ -253,12 +253,6 @@ impl Mesh {
         detect_timeout: Duration,
     ) -> Self {
         let (shutdown, rx) = watch::channel(());
-        let stop = move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.changed().await;
-            }
-        };
         let connect_timeout = Duration::from_secs(5);
 
         // East: the app's sidecar (inbound) and the gateway.
@@ -288,7 +282,7 @@ impl Mesh {
             Arc::new(router),
             inbound_metrics,
         );
-        tokio::spawn(inbound_proxy.serve(inbound_l, stop()));
+        tokio::spawn(inbound_proxy.serve(inbound_l, signaled(&rx)));
 
         let east_discovery = Arc::new(StaticDiscovery::new());
         east_discovery.set(
@@ -322,11 +316,8 @@ impl Mesh {
             gw_router,
             gw_metrics,
         );
-        let (gateway_shutdown, gateway_stop) = watch::channel(());
-        let mut gateway_stop = gateway_stop;
-        tokio::spawn(gw.serve(gateway_l, async move {
-            let _ = gateway_stop.changed().await;
-        }));
+        let (gateway_shutdown, gateway_rx) = watch::channel(());
+        tokio::spawn(gw.serve(gateway_l, signaled(&gateway_rx)));
 
         // West: the client's sidecar (outbound), resolving the mirror service.
         let west_discovery = Arc::new(StaticDiscovery::new());
@@ -361,7 +352,7 @@ impl Mesh {
             west_router,
             out_metrics,
         );
-        tokio::spawn(out.serve(outbound_l, stop()));
+        tokio::spawn(out.serve(outbound_l, signaled(&rx)));
 
         Self {
             outbound,
@@ -380,6 +371,14 @@ impl Mesh {
     /// drains what it carries.
     pub fn stop_gateway(&self) {
         self.gateway_shutdown.send_replace(());
+    }
+}
+
+/// Resolves once `rx`'s sender sends or is dropped: a listener's shutdown.
+fn signaled(rx: &watch::Receiver<()>) -> impl Future<Output = ()> + use<> {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.changed().await;
     }
 }
 
