@@ -1,19 +1,21 @@
 //! Data-plane benchmark (issue 4). One run on one machine with one client (this
-//! binary's load generator) over three paths to the same app (`harness-echo
+//! binary's load generator) over four paths to the same app (`harness-echo
 //! http`):
 //!
 //! - direct: client → app;
 //! - meshlink: client → `proxy` (west) → `gateway` → `proxy` (east) → app, the
 //!   release binaries with mutual TLS 1.3 between them;
-//! - nginx: the same three hops with Debian's nginx and mutual TLS 1.3.
+//! - nginx: the same three hops with Debian's nginx and mutual TLS 1.3;
+//! - tcp relay: the same three hops as plaintext TCP relays that know nothing of
+//!   HTTP (HAProxy `mode tcp`), the floor any hop costs on this machine.
 //!
 //! Each path is measured paced at 1,000 and 5,000 HTTP/1 requests per second (open
 //! loop, 16 connections) and closed loop (64 connections) for its maximum
 //! throughput, with the hops' CPU time and resident memory read from /proc. The
 //! paths take turns within each phase, in rounds (see [`ROUNDS`]), so a change in
-//! machine load hits all three.
-//! Prints a Markdown table: figures, added latency per hop, ratios to direct and to
-//! nginx, and the issue's goals.
+//! machine load hits them all.
+//! Prints a Markdown table: figures, added latency per hop, meshlink's ratios to
+//! the other paths, and the issue's goals.
 //!
 //! `scripts/bench-dataplane.sh [SECONDS]` builds and runs it (SECONDS measured
 //! per path and phase, default 10, after 2 s of warm-up on the same connections).
@@ -22,6 +24,7 @@ mod load;
 mod meshlink;
 mod nginx;
 mod path;
+mod relay;
 mod report;
 
 use std::process::Command;
@@ -32,8 +35,8 @@ use multicluster_tests::{free_addr, meshlink_binary, procstat};
 use tokio::time::Instant;
 
 use load::{Client, Load};
-use path::{Certs, Hop, Path, wait_until};
-use report::{Measured, Results, Trio};
+use path::{Certs, Hop, Path, wait_listening};
+use report::{Measured, PerPath, Results};
 
 const RATES: [f64; 2] = [1000.0, 5000.0];
 const PACED_CONNECTIONS: usize = 16;
@@ -41,7 +44,7 @@ const CLOSED_CONNECTIONS: usize = 64;
 const WARMUP: Duration = Duration::from_secs(2);
 /// Each phase's measured time is split into this many rounds, and the paths
 /// take turns round by round, so a burst of load from outside the benchmark
-/// falls on all three paths alike rather than on whichever ran then.
+/// falls on all paths alike rather than on whichever ran then.
 const ROUNDS: u32 = 5;
 /// How often resident memory is sampled during a run.
 const RSS_SAMPLE: Duration = Duration::from_millis(100);
@@ -63,10 +66,9 @@ async fn main() -> Result<()> {
     let mut app = Command::new(meshlink_binary("harness-echo")?);
     app.args(["http", &app_addr.port().to_string(), "app"]);
     let mut app = vec![Hop::spawn("app", app, dir.path())?];
-    let listening = || async { tokio::net::TcpStream::connect(app_addr).await.is_ok() };
-    wait_until(&mut app, "app", listening).await?;
+    wait_listening(&mut app, "app", [app_addr]).await?;
 
-    let paths: Trio<Path> = [
+    let paths: PerPath<Path> = [
         Path {
             name: "direct",
             entry: app_addr,
@@ -74,6 +76,7 @@ async fn main() -> Result<()> {
         },
         meshlink::start(dir.path(), &certs, app_addr).await?,
         nginx::start(dir.path(), &certs, app_addr).await?,
+        relay::start(dir.path(), app_addr).await?,
     ];
     let idle_kib = try_each(&paths, Path::rss_kib)?;
     let load_start = procstat::load_average();
@@ -122,11 +125,11 @@ async fn main() -> Result<()> {
 /// warm-up per path, then [`ROUNDS`] rounds of `round` in which the paths take
 /// turns. Each path's rounds add up to one measurement.
 async fn phase(
-    paths: &Trio<Path>,
+    paths: &PerPath<Path>,
     load: Load,
     connections: usize,
     round: Duration,
-) -> Result<Trio<Measured>> {
+) -> Result<PerPath<Measured>> {
     let mut clients = Vec::new();
     for path in paths {
         let mut client = Client::connect(path.entry, connections).await?;
@@ -143,7 +146,7 @@ async fn phase(
             }
         }
     }
-    Ok(trio(totals.into_iter().flatten().collect()))
+    Ok(per_path(totals.into_iter().flatten().collect()))
 }
 
 /// Runs `run` while sampling the path's memory, and takes the CPU time its hops
@@ -172,11 +175,12 @@ async fn measure(path: &Path, run: impl Future<Output = Result<load::Run>>) -> R
     })
 }
 
-fn try_each<T>(paths: &Trio<Path>, f: impl Fn(&Path) -> Result<T>) -> Result<Trio<T>> {
-    Ok([f(&paths[0])?, f(&paths[1])?, f(&paths[2])?])
+fn try_each<T>(paths: &PerPath<Path>, f: impl Fn(&Path) -> Result<T>) -> Result<PerPath<T>> {
+    let each: Result<Vec<T>> = paths.iter().map(f).collect();
+    Ok(per_path(each?))
 }
 
-fn trio<T>(v: Vec<T>) -> Trio<T> {
+fn per_path<T>(v: Vec<T>) -> PerPath<T> {
     v.try_into()
         .unwrap_or_else(|_| unreachable!("one entry per path"))
 }

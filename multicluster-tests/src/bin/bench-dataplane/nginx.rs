@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use multicluster_tests::free_addr;
 use proxy::pki::WrittenFiles;
 
-use crate::path::{Certs, Hop, Path, wait_until};
+use crate::path::{Certs, Hop, Path, wait_listening};
 
 /// Starts the three nginx instances and waits until each listens.
 pub async fn start(dir: &FsPath, certs: &Certs, app: SocketAddr) -> Result<Path> {
@@ -39,10 +39,7 @@ pub async fn start(dir: &FsPath, certs: &Certs, app: SocketAddr) -> Result<Path>
         spawn(dir, "nginx-gateway", &gateway_conf)?,
         spawn(dir, "nginx-east", &east_conf)?,
     ];
-    for addr in [west, gateway, east] {
-        let listening = || async move { tokio::net::TcpStream::connect(addr).await.is_ok() };
-        wait_until(&mut hops, "nginx", listening).await?;
-    }
+    wait_listening(&mut hops, "nginx", [west, gateway, east]).await?;
     Ok(Path {
         name: "nginx",
         entry: west,

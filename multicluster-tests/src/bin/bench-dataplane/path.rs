@@ -97,6 +97,19 @@ where
     bail!("{what} not ready within 20 s")
 }
 
+/// Waits until every address in `addrs` accepts connections (see [`wait_until`]).
+pub async fn wait_listening<const N: usize>(
+    hops: &mut [Hop],
+    what: &str,
+    addrs: [SocketAddr; N],
+) -> Result<()> {
+    for addr in addrs {
+        let listening = || async move { tokio::net::TcpStream::connect(addr).await.is_ok() };
+        wait_until(hops, what, listening).await?;
+    }
+    Ok(())
+}
+
 /// Certificates of the three workloads, from one root; each leaf carries its
 /// SPIFFE ID (what meshlink checks) and a DNS name (what nginx checks).
 pub struct Certs {

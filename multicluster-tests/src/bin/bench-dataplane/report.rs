@@ -1,12 +1,13 @@
-//! The figures as one Markdown table (direct, meshlink, nginx, and meshlink's
-//! ratios to the other two) followed by the issue's goals, met or missed.
+//! The figures as one Markdown table (direct, meshlink, nginx, tcp relay, and
+//! meshlink's ratios to the other three) followed by the issue's goals, met or
+//! missed.
 
 use std::fmt::Write;
 use std::time::Duration;
 
 use crate::load::Run;
 
-/// Hops between client and app on the meshlink and nginx paths.
+/// Hops between client and app on every path but the direct one.
 const HOPS: f64 = 3.0;
 const QUANTILES: [(f64, &str); 3] = [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")];
 
@@ -34,8 +35,8 @@ impl Measured {
     }
 }
 
-/// Direct, meshlink and nginx, in that order.
-pub type Trio<T> = [T; 3];
+/// Direct, meshlink, nginx and tcp relay, in that order.
+pub type PerPath<T> = [T; 4];
 
 /// Everything one benchmark run measured.
 pub struct Results {
@@ -45,14 +46,14 @@ pub struct Results {
     pub load_end: String,
     /// Connections of the paced runs and of the throughput run.
     pub connections: (usize, usize),
-    /// Each paced rate with its three runs.
-    pub paced: Vec<(f64, Trio<Measured>)>,
+    /// Each paced rate with a run per path.
+    pub paced: Vec<(f64, PerPath<Measured>)>,
     /// The closed-loop throughput runs.
-    pub max: Trio<Measured>,
+    pub max: PerPath<Measured>,
     /// `VmRSS` of each hop before any request, in KiB.
-    pub idle_kib: Trio<Vec<u64>>,
+    pub idle_kib: PerPath<Vec<u64>>,
     /// `VmHWM` of each hop after the last request, in KiB.
-    pub peak_kib: Trio<Vec<u64>>,
+    pub peak_kib: PerPath<Vec<u64>>,
 }
 
 /// Renders the table and the goal lines.
@@ -144,10 +145,11 @@ pub fn render(r: &Results) -> String {
     };
     let _ = writeln!(
         out,
-        "\nfailed requests (all runs): direct {}, meshlink {}, nginx {}",
+        "\nfailed requests (all runs): direct {}, meshlink {}, nginx {}, tcp relay {}",
         failed(0),
         failed(1),
-        failed(2)
+        failed(2),
+        failed(3)
     );
     out.push_str(&goals(r));
     out
@@ -158,12 +160,11 @@ fn goals(r: &Results) -> String {
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
     let mut out = String::new();
     if let Some((rate, runs)) = r.paced.first() {
-        let [_, mesh, nginx] = added_per_hop(runs, 0.99).map(|v| v.unwrap_or(f64::NAN));
+        let [_, mesh, nginx, relay] = added_per_hop(runs, 0.99).map(|v| v.unwrap_or(f64::NAN));
         let _ = writeln!(
             out,
-            "goal: added p99 per hop at {rate} rps < 0.5 ms: {:.3} ms (nginx {:.3} ms): {}",
-            mesh,
-            nginx,
+            "goal: added p99 per hop at {rate} rps < 0.5 ms: {mesh:.3} ms \
+             (nginx {nginx:.3} ms, tcp relay {relay:.3} ms): {}",
             verdict(mesh < 0.5)
         );
     }
@@ -186,9 +187,11 @@ fn goals(r: &Results) -> String {
 }
 
 /// (path − direct) / hops at quantile `q`, in ms (none for the direct path).
-fn added_per_hop(runs: &Trio<Measured>, q: f64) -> Trio<Option<f64>> {
-    let added = |m: &Measured| Some((ms(m.run.quantile(q)) - ms(runs[0].run.quantile(q))) / HOPS);
-    [None, added(&runs[1]), added(&runs[2])]
+fn added_per_hop(runs: &PerPath<Measured>, q: f64) -> PerPath<Option<f64>> {
+    let direct = ms(runs[0].run.quantile(q));
+    let mut added = runs.each(|m| Some((ms(m.run.quantile(q)) - direct) / HOPS));
+    added[0] = None;
+    added
 }
 
 /// Average CPU time per answered request per hop, in µs.
@@ -215,12 +218,12 @@ fn ms(d: Duration) -> f64 {
 }
 
 trait Each<T> {
-    fn each(&self, f: impl Fn(&T) -> Option<f64>) -> Trio<Option<f64>>;
+    fn each(&self, f: impl Fn(&T) -> Option<f64>) -> PerPath<Option<f64>>;
 }
 
-impl<T> Each<T> for Trio<T> {
-    fn each(&self, f: impl Fn(&T) -> Option<f64>) -> Trio<Option<f64>> {
-        [f(&self[0]), f(&self[1]), f(&self[2])]
+impl<T> Each<T> for PerPath<T> {
+    fn each(&self, f: impl Fn(&T) -> Option<f64>) -> PerPath<Option<f64>> {
+        self.each_ref().map(f)
     }
 }
 
@@ -252,27 +255,30 @@ struct Table {
 impl Default for Table {
     fn default() -> Self {
         Self {
-            text: "| measure | direct | meshlink | nginx | meshlink/direct | meshlink/nginx |\n\
-                   |---|---|---|---|---|---|\n"
+            text: "| measure | direct | meshlink | nginx | tcp relay \
+                   | meshlink/direct | meshlink/nginx | meshlink/tcp relay |\n\
+                   |---|---|---|---|---|---|---|---|\n"
                 .into(),
         }
     }
 }
 
 impl Table {
-    fn row(&mut self, label: &str, [direct, mesh, nginx]: Trio<Option<f64>>, fmt: Fmt) {
+    fn row(&mut self, label: &str, [direct, mesh, nginx, relay]: PerPath<Option<f64>>, fmt: Fmt) {
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b.abs() > f64::EPSILON => format!("{:.2}×", a / b),
             _ => "—".into(),
         };
         let _ = writeln!(
             self.text,
-            "| {label} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} |",
             fmt.show(direct),
             fmt.show(mesh),
             fmt.show(nginx),
+            fmt.show(relay),
             ratio(mesh, direct),
             ratio(mesh, nginx),
+            ratio(mesh, relay),
         );
     }
 }
