@@ -1,12 +1,16 @@
 //! [`Discovery`] from the control plane's discovery service.
 //!
 //! Each target gets one Watch stream, shared by every caller that resolves it and
-//! closed when the last receiver is dropped. When the control plane goes away the
+//! closed [`LINGER`] after the last receiver is dropped. A resolution therefore
+//! outlives the request that started it: a caller that gives up before the first
+//! answer (its client timed out) and tries again waits for the same stream rather
+//! than starting over. When the control plane goes away the
 //! proxy keeps routing to the endpoints it last knew and reconnects with jittered
 //! exponential backoff; the first update on the new stream is a snapshot that
 //! replaces the old state, so a restart can neither duplicate nor resurrect
 //! endpoints.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +20,7 @@ use api::discovery::{self as proto, WatchRequest, update::Kind};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::Error;
@@ -24,6 +28,8 @@ use crate::discovery::{Discovery, Endpoint, EndpointSet, ProtocolHint, RouteBack
 
 /// How long the first answer for a target may take before resolution fails.
 const FIRST_ANSWER: Duration = Duration::from_secs(5);
+/// How long a target's stream stays open with nobody listening.
+const LINGER: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -32,14 +38,31 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct GrpcDiscovery {
     client: DiscoveryClient<Channel>,
     zone: String,
-    targets: Mutex<HashMap<String, Senders>>,
+    linger: Duration,
+    targets: Targets,
 }
+
+/// The followed targets, shared with their streams (which remove themselves).
+type Targets = Arc<Mutex<HashMap<String, Followed>>>;
 
 /// What one target's stream publishes.
 #[derive(Clone, Debug)]
 struct Senders {
     endpoints: watch::Sender<EndpointSet>,
     routes: watch::Sender<Routes>,
+}
+
+/// Whether the service exists, from the stream's latest update; `None` before
+/// the first one; the reason if the stream failed before it.
+type Known = Option<Result<bool, String>>;
+
+/// A target with its stream running (or lingering).
+#[derive(Debug)]
+struct Followed {
+    senders: Senders,
+    /// Its sender is the stream's task, so it closes if the task ends without
+    /// removing the target (a panic).
+    known: watch::Receiver<Known>,
 }
 
 impl GrpcDiscovery {
@@ -49,42 +72,49 @@ impl GrpcDiscovery {
         Self {
             client: DiscoveryClient::new(channel),
             zone: zone.into(),
-            targets: Mutex::default(),
+            linger: LINGER,
+            targets: Targets::default(),
         }
     }
 
-    /// Starts following `target`, answering once the first update arrives:
-    /// `Some` if the service exists, `None` if discovery does not know it.
-    async fn follow(&self, target: &str) -> Result<Option<watch::Receiver<EndpointSet>>, Error> {
-        let (tx, rx) = watch::channel(EndpointSet::default());
-        let tx = Senders {
-            endpoints: tx,
+    /// A receiver of `target`'s endpoints and of whether it exists, from its
+    /// running stream or a new one.
+    fn subscribe(&self, target: &str) -> (watch::Receiver<EndpointSet>, watch::Receiver<Known>) {
+        let mut targets = self.targets.lock();
+        let followed = match targets.entry(target.to_string()) {
+            Entry::Occupied(e) if e.get().known.has_changed().is_ok() => e.into_mut(),
+            Entry::Occupied(mut e) => {
+                e.insert(self.follow(target));
+                e.into_mut()
+            }
+            Entry::Vacant(e) => e.insert(self.follow(target)),
+        };
+        (
+            followed.senders.endpoints.subscribe(),
+            followed.known.clone(),
+        )
+    }
+
+    /// Starts `target`'s stream.
+    fn follow(&self, target: &str) -> Followed {
+        let senders = Senders {
+            endpoints: watch::Sender::new(EndpointSet::default()),
             routes: watch::Sender::new(Routes::default()),
         };
-        let (first_tx, first_rx) = oneshot::channel();
+        let (known_tx, known) = watch::channel(None);
         let stream = Stream {
             client: self.client.clone(),
             request: WatchRequest {
                 target: target.to_string(),
                 zone: self.zone.clone(),
             },
-            tx: tx.clone(),
+            tx: senders.clone(),
+            known: known_tx,
+            linger: self.linger,
+            targets: self.targets.clone(),
         };
-        tokio::spawn(stream.run(first_tx));
-        let unavailable = |why: String| Error::DiscoveryUnavailable {
-            target: target.to_string(),
-            reason: why,
-        };
-        match tokio::time::timeout(FIRST_ANSWER, first_rx).await {
-            Ok(Ok(Ok(true))) => {
-                self.targets.lock().insert(target.to_string(), tx);
-                Ok(Some(rx))
-            }
-            Ok(Ok(Ok(false))) => Ok(None),
-            Ok(Ok(Err(status))) => Err(unavailable(status.message().to_string())),
-            Ok(Err(_)) => Err(unavailable("stream ended before its first update".into())),
-            Err(_) => Err(unavailable(format!("no answer within {FIRST_ANSWER:?}"))),
-        }
+        tokio::spawn(stream.run());
+        Followed { senders, known }
     }
 }
 
@@ -94,45 +124,63 @@ impl Discovery for GrpcDiscovery {
         target: &'a str,
     ) -> BoxFuture<'a, Result<Option<watch::Receiver<EndpointSet>>, Error>> {
         Box::pin(async move {
-            {
-                let mut targets = self.targets.lock();
-                targets.retain(|_, tx| !tx.endpoints.is_closed());
-                if let Some(tx) = targets.get(target) {
-                    return Ok(Some(tx.endpoints.subscribe()));
-                }
+            let (endpoints, mut known) = self.subscribe(target);
+            let ended = || "stream ended before its first update".to_string();
+            let answer =
+                match tokio::time::timeout(FIRST_ANSWER, known.wait_for(Option::is_some)).await {
+                    Ok(Ok(known)) => known.clone().unwrap_or_else(|| Err(ended())),
+                    Ok(Err(_closed)) => Err(ended()),
+                    Err(_elapsed) => Err(format!("no answer within {FIRST_ANSWER:?}")),
+                };
+            match answer {
+                Ok(true) => Ok(Some(endpoints)),
+                Ok(false) => Ok(None),
+                Err(reason) => Err(Error::DiscoveryUnavailable {
+                    target: target.to_string(),
+                    reason,
+                }),
             }
-            self.follow(target).await
         })
     }
 
     fn routes(&self, target: &str) -> Option<watch::Receiver<Routes>> {
         let targets = self.targets.lock();
-        targets.get(target).map(|tx| tx.routes.subscribe())
+        targets
+            .get(target)
+            .map(|followed| followed.senders.routes.subscribe())
     }
 }
 
-/// One target's stream, reconnected until every receiver is gone.
+/// One target's stream, reconnected until nobody has listened for `linger`.
 struct Stream {
     client: DiscoveryClient<Channel>,
     request: WatchRequest,
     tx: Senders,
+    known: watch::Sender<Known>,
+    linger: Duration,
+    targets: Targets,
 }
 
-/// The first answer: whether the service exists, or why the stream failed.
-type FirstAnswer = oneshot::Sender<Result<bool, tonic::Status>>;
-
 impl Stream {
-    async fn run(mut self, first: FirstAnswer) {
-        let mut first = Some(first);
+    async fn run(self) {
+        let unwatched = self.unwatched();
+        tokio::pin!(unwatched);
         let mut backoff = BACKOFF_MIN;
         loop {
-            match self.session(&mut first).await {
+            let ended = tokio::select! {
+                ended = self.session() => ended,
+                () = &mut unwatched => return,
+            };
+            match ended {
                 // The server ended the stream (shutdown): reconnect promptly.
                 Ok(()) => backoff = BACKOFF_MIN,
                 Err(status) => {
                     tracing::warn!(target = %self.request.target, code = ?status.code(), message = status.message(), "discovery stream failed; keeping last known endpoints");
-                    if let Some(first) = first.take() {
-                        let _ = first.send(Err(status));
+                    if self.known.borrow().is_none() {
+                        // Callers waiting now get the reason; later ones start afresh.
+                        self.targets.lock().remove(&self.request.target);
+                        self.known
+                            .send_replace(Some(Err(status.message().to_string())));
                         return;
                     }
                 }
@@ -140,22 +188,34 @@ impl Stream {
             let delay = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.tx.endpoints.closed() => return,
+                () = &mut unwatched => return,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
-    /// Follows one stream until it ends, fails, or nobody listens any more.
-    async fn session(&mut self, first: &mut Option<FirstAnswer>) -> Result<(), tonic::Status> {
-        let mut updates = self.client.watch(self.request.clone()).await?.into_inner();
+    /// Resolves once nobody has received the endpoints for the linger time, with
+    /// the target removed. The check and the removal hold the targets' lock, so
+    /// no caller can subscribe to a stream that is ending.
+    async fn unwatched(&self) {
+        loop {
+            self.tx.endpoints.closed().await;
+            tokio::time::sleep(self.linger).await;
+            let mut targets = self.targets.lock();
+            if self.tx.endpoints.is_closed() {
+                targets.remove(&self.request.target);
+                return;
+            }
+        }
+    }
+
+    /// Follows one stream until the server ends it or it fails.
+    async fn session(&self) -> Result<(), tonic::Status> {
+        let mut client = self.client.clone();
+        let mut updates = client.watch(self.request.clone()).await?.into_inner();
         let mut state = BTreeMap::new();
         loop {
-            let update = tokio::select! {
-                update = updates.message() => update?,
-                () = self.tx.endpoints.closed() => return Ok(()),
-            };
-            let Some(kind) = update.and_then(|u| u.kind) else {
+            let Some(kind) = updates.message().await?.and_then(|u| u.kind) else {
                 return Ok(());
             };
             if let Some(routes) = routes_of(&kind) {
@@ -169,12 +229,14 @@ impl Stream {
                 }
             }
             let exists = apply(&mut state, kind, &self.request.target);
-            if let Some(first) = first.take() {
-                let _ = first.send(Ok(exists));
-            }
             self.tx
                 .endpoints
                 .send_replace(Arc::new(state.values().cloned().collect()));
+            self.known.send_if_modified(|known| {
+                let changed = *known != Some(Ok(exists));
+                *known = Some(Ok(exists));
+                changed
+            });
         }
     }
 }
@@ -374,5 +436,138 @@ mod tests {
             (2, 1, Some(ProtocolHint::Http2))
         );
         assert_eq!(e.zone, None);
+    }
+}
+
+/// The client against a real gRPC server on a socket: a discovery service whose
+/// first answer waits for a gate, counting its Watch streams.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on bad fixtures
+mod stream_tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use api::discovery::discovery_server::{Discovery as Serve, DiscoveryServer};
+    use api::discovery::{Snapshot, Update};
+    use futures::Stream as FutStream;
+    use tokio::sync::mpsc;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    const TARGET: &str = "books.shop.svc.cluster.local:8080";
+
+    struct Gated {
+        watches: Arc<AtomicUsize>,
+        /// Open: streams answer.
+        gate: watch::Receiver<bool>,
+        /// Told when a stream's client went away.
+        gone: mpsc::UnboundedSender<()>,
+    }
+
+    #[tonic::async_trait]
+    impl Serve for Gated {
+        type WatchStream = Pin<Box<dyn FutStream<Item = Result<Update, Status>> + Send>>;
+
+        async fn watch(
+            &self,
+            _: Request<WatchRequest>,
+        ) -> Result<Response<Self::WatchStream>, Status> {
+            self.watches.fetch_add(1, Ordering::SeqCst);
+            let (tx, rx) = mpsc::channel(1);
+            let (mut gate, gone) = (self.gate.clone(), self.gone.clone());
+            tokio::spawn(async move {
+                let _ = gate.wait_for(|open| *open).await;
+                let snapshot = Snapshot {
+                    endpoints: vec![proto::Endpoint {
+                        address: "10.0.0.1:8080".into(),
+                        ..Default::default()
+                    }],
+                    routes: None,
+                };
+                let update = Update {
+                    kind: Some(Kind::Snapshot(snapshot)),
+                };
+                let _ = tx.send(Ok(update)).await;
+                tx.closed().await;
+                let _ = gone.send(());
+            });
+            let updates = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|update| (update, rx))
+            });
+            Ok(Response::new(Box::pin(updates)))
+        }
+    }
+
+    struct Server {
+        watches: Arc<AtomicUsize>,
+        gate: watch::Sender<bool>,
+        gone: mpsc::UnboundedReceiver<()>,
+        discovery: GrpcDiscovery,
+    }
+
+    async fn server(linger: Duration) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (gate, gate_rx) = watch::channel(false);
+        let (gone_tx, gone) = mpsc::unbounded_channel();
+        let watches = Arc::new(AtomicUsize::new(0));
+        let service = DiscoveryServer::new(Gated {
+            watches: watches.clone(),
+            gate: gate_rx,
+            gone: gone_tx,
+        });
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let mut discovery = GrpcDiscovery::new(channel, "");
+        discovery.linger = linger;
+        Server {
+            watches,
+            gate,
+            gone,
+            discovery,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gave_up_before_the_first_answer_leaves_it_to_the_next() {
+        let s = server(LINGER).await;
+        // The first caller gives up (its client timed out) while the answer is
+        // on its way; the second one must find the same stream, not start over.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(200), s.discovery.resolve(TARGET)).await;
+        assert!(gave_up.is_err(), "no answer while the gate is shut");
+        s.gate.send_replace(true);
+        let rx = s.discovery.resolve(TARGET).await.unwrap().unwrap();
+        assert_eq!(rx.borrow().len(), 1);
+        assert_eq!(s.watches.load(Ordering::SeqCst), 1, "one Watch stream");
+    }
+
+    #[tokio::test]
+    async fn a_stream_nobody_listens_to_closes_after_the_linger_time() {
+        let mut s = server(Duration::from_millis(300)).await;
+        s.gate.send_replace(true);
+        let rx = s.discovery.resolve(TARGET).await.unwrap().unwrap();
+        drop(rx);
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), s.gone.recv())
+            .await
+            .expect("the stream closes")
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "not before the linger time"
+        );
+        // A later resolution opens a new stream.
+        let rx = s.discovery.resolve(TARGET).await.unwrap().unwrap();
+        assert_eq!(rx.borrow().len(), 1);
+        assert_eq!(s.watches.load(Ordering::SeqCst), 2);
     }
 }

@@ -67,11 +67,16 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| multicluster_tests::Error::Invalid(format!("{e:#}")))
     })?;
     // The client runs until Ctrl-C or SIGTERM; the harness's handler for them
-    // cleans up and exits.
-    match tokio::task::spawn_blocking(move || client.join()).await? {
-        Ok(result) => Ok(result?),
-        Err(_) => anyhow::bail!("the client thread panicked"),
+    // cleans up and exits. If it stops on its own, the pods' logs say why (they
+    // go away with the harness).
+    let outcome = match tokio::task::spawn_blocking(move || client.join()).await? {
+        Ok(result) => result.map_err(anyhow::Error::from),
+        Err(_) => Err(anyhow::anyhow!("the client thread panicked")),
+    };
+    if outcome.is_err() {
+        eprintln!("{}", scenario.log_tails());
     }
+    outcome
 }
 
 /// West's app, inside the client pod: the first answer, then requests until the
