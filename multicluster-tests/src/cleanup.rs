@@ -10,9 +10,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+
+use crate::procstat;
 
 /// Shared record of one harness's resources.
 #[derive(Clone, Debug, Default)]
@@ -25,6 +28,9 @@ struct State {
     root_links: Vec<String>,
     dirs: Vec<PathBuf>,
 }
+
+/// How long a clean-up waits for the processes it killed to exit.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 static REGISTRY: Mutex<Vec<Weak<Mutex<State>>>> = Mutex::new(Vec::new());
 static SIGNAL_THREAD: Once = Once::new();
@@ -60,12 +66,20 @@ impl Cleanup {
         self.state().dirs.push(dir);
     }
 
-    /// Kills every recorded process group, then deletes links, namespaces and
+    /// Kills every recorded process group and waits (up to [`EXIT_WAIT`]) until
+    /// their processes have exited, then deletes links, namespaces and
     /// directories. Namespaces go after processes: a process inside keeps one alive.
     pub(crate) fn run(&self) {
         let state = std::mem::take(&mut *self.state());
         for pgid in &state.process_groups {
             let _ = killpg(Pid::from_raw(*pgid as i32), Signal::SIGKILL);
+        }
+        // A killed process takes a moment to exit (an apiserver unmapping
+        // gigabytes); whoever runs after a clean-up must not find it.
+        let groups: Vec<u32> = state.process_groups.iter().copied().collect();
+        let deadline = Instant::now() + EXIT_WAIT;
+        while !procstat::running_in_groups(&groups).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
         for link in &state.root_links {
             quiet(&["link", "del", link]);

@@ -49,22 +49,39 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
 
 /// The direct children of `pid` (nginx's workers under its master).
 pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| parent(*child) == Some(pid))
+    pids()
+        .filter(|child| stat_fields(*child).and_then(|f| f.get(1)?.parse().ok()) == Some(pid))
         .collect()
 }
 
-fn parent(pid: u32) -> Option<u32> {
+/// Processes in any of the process groups `pgids` that have not exited (a
+/// zombie, which only waits for its parent to reap it, has).
+pub fn running_in_groups(pgids: &[u32]) -> Vec<u32> {
+    pids()
+        .filter(|pid| {
+            stat_fields(*pid).is_some_and(|f| {
+                f.first().is_some_and(|state| state != "Z")
+                    && f.get(2)
+                        .and_then(|g| g.parse().ok())
+                        .is_some_and(|g: u32| pgids.contains(&g))
+            })
+        })
+        .collect()
+}
+
+/// Every pid in `/proc`.
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp, ...
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 /// The first three fields of `/proc/loadavg` (1, 5 and 15 minutes).
@@ -108,5 +125,26 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(found);
+    }
+
+    #[test]
+    fn a_killed_group_stops_counting_once_its_process_exits() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = [child.id()];
+        assert_eq!(running_in_groups(&group), vec![child.id()]);
+        child.kill().unwrap();
+        // Not reaped yet: a zombie until `wait`, and a zombie has exited.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !running_in_groups(&group).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "sleep still runs");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(stat_fields(child.id()).is_some_and(|f| f[0] == "Z"));
+        child.wait().unwrap();
     }
 }
