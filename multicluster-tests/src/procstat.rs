@@ -28,20 +28,13 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
 
 /// User plus system CPU time the process has used so far, all threads included.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).map_err(Error::io(format!("reading {path}")))?;
-    // The command name (field 2) may hold spaces; the fields after it are fixed.
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| Error::Invalid(format!("{path}: no command name")))?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let fields = stat_fields(pid)?;
     // utime and stime are fields 14 and 15 of the whole line; 3 is the first here.
     let ticks = |i: usize| -> Result<u64> {
         fields
             .get(i - 3)
             .and_then(|f| f.parse().ok())
-            .ok_or_else(|| Error::Invalid(format!("{path}: field {i} unreadable")))
+            .ok_or_else(|| Error::Invalid(format!("/proc/{pid}/stat: field {i} unreadable")))
     };
     let total = ticks(14)? + ticks(15)?;
     Ok(Duration::from_secs(total) / USER_HZ)
@@ -50,7 +43,12 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
 /// The direct children of `pid` (nginx's workers under its master).
 pub fn children(pid: u32) -> Vec<u32> {
     pids()
-        .filter(|child| stat_fields(*child).and_then(|f| f.get(1)?.parse().ok()) == Some(pid))
+        .filter(|child| {
+            stat_fields(*child)
+                .ok()
+                .and_then(|f| f.get(1)?.parse().ok())
+                == Some(pid)
+        })
         .collect()
 }
 
@@ -59,7 +57,7 @@ pub fn children(pid: u32) -> Vec<u32> {
 pub fn running_in_groups(pgids: &[u32]) -> Vec<u32> {
     pids()
         .filter(|pid| {
-            stat_fields(*pid).is_some_and(|f| {
+            stat_fields(*pid).is_ok_and(|f| {
                 f.first().is_some_and(|state| state != "Z")
                     && f.get(2)
                         .and_then(|g| g.parse().ok())
@@ -77,11 +75,15 @@ fn pids() -> impl Iterator<Item = u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
 }
 
-/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp, ...
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
+/// The fields of `/proc/<pid>/stat` after the command name (field 2, which may
+/// hold spaces): state, ppid, pgrp, ...
+fn stat_fields(pid: u32) -> Result<Vec<String>> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(Error::io(format!("reading {path}")))?;
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .ok_or_else(|| Error::Invalid(format!("{path}: no command name")))?;
+    Ok(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 /// The first three fields of `/proc/loadavg` (1, 5 and 15 minutes).
@@ -144,7 +146,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "sleep still runs");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(stat_fields(child.id()).is_some_and(|f| f[0] == "Z"));
+        assert!(stat_fields(child.id()).is_ok_and(|f| f[0] == "Z"));
         child.wait().unwrap();
     }
 }
