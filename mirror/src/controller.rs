@@ -17,7 +17,7 @@ use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher::watch_object;
-use kube::{Api, Client, Config};
+use kube::{Api, Client, Config, ResourceExt};
 use tokio::sync::watch;
 
 use crate::error::Error;
@@ -273,22 +273,28 @@ async fn ensure_finalizer(links: &Api<Link>, link: &Link) -> Result<(), Error> {
         return Ok(());
     }
     finalizers.push(labels::LINK_FINALIZER.into());
+    set_finalizers(links, link, &finalizers).await
+}
+
+/// Replaces the Link's finalizers, provided it has not changed since it was read
+/// (the resourceVersion makes the write conditional).
+async fn set_finalizers(
+    links: &Api<Link>,
+    link: &Link,
+    finalizers: &[String],
+) -> Result<(), Error> {
     let patch = serde_json::json!({ "metadata": {
         "finalizers": finalizers,
         "resourceVersion": link.metadata.resource_version,
     }});
     links
         .patch(
-            &link_name(link),
+            &link.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
         .await?;
     Ok(())
-}
-
-fn link_name(link: &Link) -> String {
-    link.metadata.name.clone().unwrap_or_default()
 }
 
 /// The Link is being deleted: remove its mirrors, then its finalizer.
@@ -299,26 +305,15 @@ async fn finalize(local: &Client, link: &Link) -> Result<(), Error> {
     }
     let deleted = delete_all_mirrors(local, &link.spec.target_cluster_name).await?;
     tracing::info!(deleted, "link deleted; mirrors removed");
-    let remaining: Vec<&String> = finalizers
-        .iter()
-        .filter(|f| *f != labels::LINK_FINALIZER)
+    let remaining: Vec<String> = finalizers
+        .into_iter()
+        .filter(|f| f != labels::LINK_FINALIZER)
         .collect();
-    let patch = serde_json::json!({ "metadata": {
-        "finalizers": remaining,
-        "resourceVersion": link.metadata.resource_version,
-    }});
     let links: Api<Link> = Api::namespaced(
         local.clone(),
         link.metadata.namespace.as_deref().unwrap_or_default(),
     );
-    links
-        .patch(
-            &link_name(link),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(())
+    set_finalizers(&links, link, &remaining).await
 }
 
 /// Puts an unusable Link or Secret on the Link's status and as an Event.
@@ -371,7 +366,7 @@ async fn inputs_changed(local: &Client, link: &Link, secret_rv: String) {
     let links: Api<Link> = Api::namespaced(local.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(local.clone(), &namespace);
     let generation = link.metadata.generation;
-    let link_changed = watch_object(links, &link_name(link)).filter(move |l| {
+    let link_changed = watch_object(links, &link.name_any()).filter(move |l| {
         let changed = match l {
             Ok(Some(l)) => {
                 l.metadata.generation != generation || l.metadata.deletion_timestamp.is_some()
