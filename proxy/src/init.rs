@@ -31,76 +31,69 @@ pub struct InitConfig {
 
 /// The iptables argument lists, in order, that set up interception.
 pub fn rules(c: &InitConfig) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    let mut rule = |args: &[&str]| {
-        let mut v = vec!["-t".to_string(), "nat".to_string()];
-        v.extend(args.iter().map(|a| a.to_string()));
-        out.push(v);
-    };
-    rule(&["-N", INBOUND_CHAIN]);
-    for port in &c.skip_inbound_ports {
-        rule(&[
-            "-A",
-            INBOUND_CHAIN,
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "RETURN",
-        ]);
-    }
-    let inbound = c.inbound_port.to_string();
-    rule(&[
-        "-A",
-        INBOUND_CHAIN,
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &inbound,
-    ]);
-    rule(&["-A", "PREROUTING", "-p", "tcp", "-j", INBOUND_CHAIN]);
-
-    rule(&["-N", OUTBOUND_CHAIN]);
     let uid = c.proxy_uid.to_string();
-    rule(&[
-        "-A",
+    let mut out = intercept(
+        INBOUND_CHAIN,
+        "PREROUTING",
+        &[],
+        &c.skip_inbound_ports,
+        c.inbound_port,
+    );
+    out.extend(intercept(
         OUTBOUND_CHAIN,
-        "-m",
-        "owner",
-        "--uid-owner",
-        &uid,
-        "-j",
-        "RETURN",
-    ]);
-    // The app talking to itself (and the proxy handing traffic to the app) stays local.
-    rule(&["-A", OUTBOUND_CHAIN, "-d", "127.0.0.1/32", "-j", "RETURN"]);
-    for port in &c.skip_outbound_ports {
-        rule(&[
-            "-A",
-            OUTBOUND_CHAIN,
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "RETURN",
-        ]);
+        "OUTPUT",
+        &[
+            &["-m", "owner", "--uid-owner", &uid],
+            // The app talking to itself (and the proxy handing traffic to the app) stays local.
+            &["-d", "127.0.0.1/32"],
+        ],
+        &c.skip_outbound_ports,
+        c.outbound_port,
+    ));
+    out
+}
+
+/// Creates the nat chain `chain`, in which the packets matching one of `exempt`
+/// or bound for one of `skip_ports` return and all other TCP is redirected to
+/// `to_port`, and sends `hook`'s TCP through it.
+fn intercept(
+    chain: &str,
+    hook: &str,
+    exempt: &[&[&str]],
+    skip_ports: &[u16],
+    to_port: u16,
+) -> Vec<Vec<String>> {
+    let nat = |args: &[&str]| -> Vec<String> {
+        ["-t", "nat"]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let mut out = vec![nat(&["-N", chain])];
+    for matches in exempt {
+        out.push(nat(
+            &[&["-A", chain][..], matches, &["-j", "RETURN"]].concat()
+        ));
     }
-    let outbound = c.outbound_port.to_string();
-    rule(&[
+    for port in skip_ports {
+        let port = port.to_string();
+        out.push(nat(&[
+            "-A", chain, "-p", "tcp", "--dport", &port, "-j", "RETURN",
+        ]));
+    }
+    let to_port = to_port.to_string();
+    out.push(nat(&[
         "-A",
-        OUTBOUND_CHAIN,
+        chain,
         "-p",
         "tcp",
         "-j",
         "REDIRECT",
         "--to-ports",
-        &outbound,
-    ]);
-    rule(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTBOUND_CHAIN]);
+        &to_port,
+    ]));
+    out.push(nat(&["-A", hook, "-p", "tcp", "-j", chain]));
     out
 }
 
@@ -153,6 +146,31 @@ mod tests {
         let redirect = position("-t nat -A MESHLINK_OUTPUT -p tcp -j REDIRECT --to-ports 4140");
         assert!(owner < redirect);
         assert!(position("-t nat -A OUTPUT -p tcp -j MESHLINK_OUTPUT") > redirect);
+    }
+
+    #[test]
+    fn the_whole_rule_set_in_order() {
+        let c = InitConfig {
+            skip_outbound_ports: vec![25, 3306],
+            ..config()
+        };
+        let rules: Vec<String> = rules(&c).iter().map(|r| r.join(" ")).collect();
+        assert_eq!(
+            rules,
+            [
+                "-t nat -N MESHLINK_INBOUND",
+                "-t nat -A MESHLINK_INBOUND -p tcp --dport 4191 -j RETURN",
+                "-t nat -A MESHLINK_INBOUND -p tcp -j REDIRECT --to-ports 4143",
+                "-t nat -A PREROUTING -p tcp -j MESHLINK_INBOUND",
+                "-t nat -N MESHLINK_OUTPUT",
+                "-t nat -A MESHLINK_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+                "-t nat -A MESHLINK_OUTPUT -d 127.0.0.1/32 -j RETURN",
+                "-t nat -A MESHLINK_OUTPUT -p tcp --dport 25 -j RETURN",
+                "-t nat -A MESHLINK_OUTPUT -p tcp --dport 3306 -j RETURN",
+                "-t nat -A MESHLINK_OUTPUT -p tcp -j REDIRECT --to-ports 4140",
+                "-t nat -A OUTPUT -p tcp -j MESHLINK_OUTPUT",
+            ]
+        );
     }
 
     #[test]
