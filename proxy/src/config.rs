@@ -16,7 +16,7 @@ pub use balance::BalanceArgs;
 
 use crate::Error;
 use crate::accept::AcceptConfig;
-use crate::detect::DetectConfig;
+use crate::detect::{DEFAULT_OPAQUE_PORTS, DetectConfig};
 use crate::discovery::{Discovery, StaticDiscovery};
 use crate::discovery_grpc::GrpcDiscovery;
 use crate::inbound::{AppTarget, InboundConfig};
@@ -232,8 +232,16 @@ pub struct RunArgs {
     /// Where endpoints come from.
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
-    /// Destination ports never detected (always opaque), comma-separated.
-    #[arg(long, env = "MESHLINK_OPAQUE_PORTS", value_delimiter = ',')]
+    /// Destination ports never detected (always opaque), comma-separated; the
+    /// list replaces the default one, and the flag alone leaves every port to
+    /// detection.
+    #[arg(
+        long,
+        env = "MESHLINK_OPAQUE_PORTS",
+        value_delimiter = ',',
+        num_args = 0..,
+        default_values_t = DEFAULT_OPAQUE_PORTS
+    )]
     pub opaque_ports: Vec<u16>,
     /// How long to wait for a client's first bytes before deciding opaque, in ms.
     #[arg(long, env = "MESHLINK_DETECT_TIMEOUT_MS", default_value_t = 1000)]
@@ -451,6 +459,9 @@ mod tests {
         );
         assert_eq!(c.outbound.detect.timeout, Duration::from_secs(1));
         assert_eq!(c.inbound.policy, Policy::AnyTrusted);
+        for port in [25, 3306, 5432, 6379] {
+            assert!(c.outbound.detect.opaque_ports.contains(&port), "{port}");
+        }
     }
 
     #[test]
@@ -463,7 +474,13 @@ mod tests {
         ])
         .unwrap();
         assert!(c.outbound.detect.opaque_ports.contains(&5432));
+        assert!(
+            !c.outbound.detect.opaque_ports.contains(&25),
+            "a list replaces the defaults"
+        );
         assert_eq!(c.outbound.target, TargetMode::Fixed("books.svc:80".into()));
+        let none = run(&["--opaque-ports"]).unwrap();
+        assert!(none.outbound.detect.opaque_ports.is_empty());
     }
 
     #[test]

@@ -18,6 +18,13 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The longest HTTP/1 method token detection accepts; real methods are shorter.
 const MAX_METHOD_LEN: usize = 16;
 
+/// Ports taken as opaque unless configured otherwise, as a Linkerd user would
+/// expect: protocols whose server speaks first (SMTP 25 and 587, MySQL 3306,
+/// Galera 4444, PostgreSQL 5432, the memcached and Redis ports 11211 and 6379)
+/// or that are never HTTP (Elasticsearch transport 9300). Detecting them would
+/// only delay every connection by the detection timeout.
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
 /// How detection behaves on a listener.
 #[derive(Clone, Debug)]
 pub struct DetectConfig {
@@ -221,6 +228,22 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn default_opaque_ports_skip_detection_and_others_wait_for_it() {
+        let config = DetectConfig {
+            opaque_ports: DEFAULT_OPAQUE_PORTS.into(),
+            ..DetectConfig::default()
+        };
+        // A server-speaks-first client: connected, silent.
+        for (port, waited) in [(5432, Duration::ZERO), (8080, config.timeout)] {
+            let (client, _server) = tokio::io::duplex(64);
+            let started = tokio::time::Instant::now();
+            let (protocol, _) = config.run(client, port).await.unwrap();
+            assert_eq!(protocol, Protocol::Opaque, "port {port}");
+            assert_eq!(started.elapsed(), waited, "port {port}");
+        }
+    }
 
     #[test]
     fn a_verdict_never_changes_as_bytes_arrive() {
