@@ -1,15 +1,19 @@
-//! A small certificate authority for tests, the harness and the demo: a root, per
-//! cluster intermediate issuers, and workload or gateway leaves whose URI SAN is a
-//! SPIFFE ID. Production certificates come from cert-manager, SPIRE or the
-//! controller's identity service; this module exists so every test can mint real
-//! chains (including expired or foreign ones) without shelling out to openssl.
+//! A small certificate authority: a root, per-cluster intermediate issuers, and
+//! workload or gateway leaves whose URI SAN is a SPIFFE ID. Tests, the harness and
+//! the demo mint whole chains with it (expired or foreign ones too) without
+//! shelling out to openssl; the controller's identity service loads a cluster's
+//! issuer from files ([`Ca::load`]) and signs workloads' requests with it
+//! ([`Ca::sign_request`]).
 
 use crate::tls::{Credentials, TlsError, TrustBundle};
 use api::identity::SpiffeId;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +38,12 @@ pub enum PkiError {
     /// An issued certificate did not load as TLS credentials.
     #[error("loading issued credentials: {0}")]
     Tls(#[from] TlsError),
+    /// An issuer's certificate chain or key could not be used.
+    #[error("issuer: {0}")]
+    Issuer(String),
+    /// A certificate signing request is malformed or its signature does not verify.
+    #[error("certificate signing request: {0}")]
+    Request(rcgen::Error),
 }
 
 /// When a certificate is valid. Settable so tests can mint expired certificates.
@@ -109,6 +119,25 @@ pub struct WrittenFiles {
 }
 
 impl WrittenFiles {
+    /// Writes `tls.crt`, `tls.key` and `ca.crt` into `dir`, each through a
+    /// temporary name and a rename, so a watcher never reads a half-written file.
+    fn write(
+        dir: &Path,
+        chain_pem: &str,
+        key_pem: &str,
+        bundle_pem: &str,
+    ) -> Result<Self, PkiError> {
+        let files = Self {
+            cert_chain: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            bundle: dir.join("ca.crt"),
+        };
+        write_atomic(&files.key, key_pem)?;
+        write_atomic(&files.cert_chain, chain_pem)?;
+        write_atomic(&files.bundle, bundle_pem)?;
+        Ok(files)
+    }
+
     /// The `--tls-cert`, `--tls-key` and `--tls-trust` flags naming these files,
     /// as `proxy` and `gateway` take them.
     pub fn flags(&self) -> [std::ffi::OsString; 6] {
@@ -151,6 +180,35 @@ impl Ca {
         })
     }
 
+    /// An issuer loaded from PEM: `chain_pem` is its certificate followed by its
+    /// parents (root excluded or not), `key_pem` its PKCS#8 key and `root_pem` the
+    /// trust anchor peers verify against. Fails, naming the problem, when a part
+    /// does not parse, the certificate is not a CA, or the key is not the
+    /// certificate's.
+    pub fn load(chain_pem: &str, key_pem: &str, root_pem: &str) -> Result<Self, PkiError> {
+        let cert_pem = first_certificate(chain_pem)
+            .ok_or_else(|| PkiError::Issuer("no certificate in the chain".into()))?;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| issuer_error("certificate", e))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| issuer_error("key", e))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| issuer_error("certificate", e))?;
+        if !x509.is_ca() {
+            return Err(PkiError::Issuer("the certificate is not a CA".into()));
+        }
+        if x509.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(PkiError::Issuer("the key is not the certificate's".into()));
+        }
+        let issuer =
+            Issuer::from_ca_cert_der(&cert, key).map_err(|e| issuer_error("certificate", e))?;
+        Ok(Self {
+            issuer,
+            cert_pem: format!("{cert_pem}\n"),
+            chain_pem: chain_pem.to_owned(),
+            root_pem: root_pem.to_owned(),
+        })
+    }
+
     /// Issues a leaf for `id` usable as both TLS client and server.
     pub fn issue(
         &self,
@@ -159,18 +217,7 @@ impl Ca {
         validity: Validity,
     ) -> Result<Leaf, PkiError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = leaf_sans(id, dns_names)?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let serial = random_serial();
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.use_authority_key_identifier_extension = true;
-        validity.apply(&mut params);
+        let (params, serial) = leaf_params(id, dns_names, validity)?;
         let cert_pem = params.signed_by(&key, &self.issuer)?.pem();
         Ok(Leaf {
             id: id.clone(),
@@ -180,10 +227,44 @@ impl Ca {
         })
     }
 
+    /// Signs a leaf for `id` over the public key of `csr_der`, a PKCS#10 request
+    /// whose signature proves its sender holds the private key. Nothing else of
+    /// the request is used: the identity, usages and validity are the caller's.
+    /// Returns the leaf followed by this CA's chain, DER-encoded.
+    pub fn sign_request(
+        &self,
+        csr_der: &[u8],
+        id: &SpiffeId,
+        validity: Validity,
+    ) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+        let csr = CertificateSigningRequestDer::from(csr_der);
+        let request = CertificateSigningRequestParams::from_der(&csr).map_err(PkiError::Request)?;
+        let (params, _) = leaf_params(id, &[], validity)?;
+        let leaf = params.signed_by(&request.public_key, &self.issuer)?;
+        let mut chain = vec![leaf.der().clone()];
+        for cert in CertificateDer::pem_slice_iter(self.chain_pem.as_bytes()) {
+            chain.push(cert.map_err(|e| issuer_error("certificate", e))?);
+        }
+        Ok(chain)
+    }
+
     /// Credentials for `id`, issued with `validity` and trusting this CA's root:
     /// one identity in one trust domain, the fixture most tests need.
     pub fn credentials(&self, id: &SpiffeId, validity: Validity) -> Result<Credentials, PkiError> {
         Ok(self.issue(id, &[], validity)?.credentials(&self.root_pem)?)
+    }
+
+    /// Writes this CA as an issuer Secret holds it (`tls.crt`: its certificate and
+    /// parents, `tls.key`: its key, `ca.crt`: the root) into `dir`, for
+    /// [`Ca::load`] in the controller's identity service.
+    pub fn write(&self, dir: &Path) -> Result<WrittenFiles, PkiError> {
+        let chain = if self.chain_pem.is_empty() {
+            &self.cert_pem
+        } else {
+            &self.chain_pem
+        };
+        let key = self.issuer.key().serialize_pem();
+        WrittenFiles::write(dir, chain, &key, &self.root_pem)
     }
 
     /// This CA's own certificate.
@@ -202,15 +283,7 @@ impl Leaf {
     /// Each file is written to a temporary name and renamed, so a watcher never
     /// reads a half-written file.
     pub fn write(&self, dir: &Path, bundle_pem: &str) -> Result<WrittenFiles, PkiError> {
-        let files = WrittenFiles {
-            cert_chain: dir.join("tls.crt"),
-            key: dir.join("tls.key"),
-            bundle: dir.join("ca.crt"),
-        };
-        write_atomic(&files.key, &self.key_pem)?;
-        write_atomic(&files.cert_chain, &self.chain_pem)?;
-        write_atomic(&files.bundle, bundle_pem)?;
-        Ok(files)
+        WrittenFiles::write(dir, &self.chain_pem, &self.key_pem, bundle_pem)
     }
 
     /// TLS credentials presenting this leaf and trusting `root_pem` for every
@@ -251,6 +324,40 @@ fn ca_params(common_name: &str, validity: Validity, limit: BasicConstraints) -> 
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
     validity.apply(&mut params);
     params
+}
+
+/// The first `CERTIFICATE` block of `pem`, armour included.
+fn first_certificate(pem: &str) -> Option<&str> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = pem.find("-----BEGIN CERTIFICATE-----")?;
+    let end = start + pem[start..].find(END)? + END.len();
+    Some(&pem[start..end])
+}
+
+fn issuer_error(what: &str, error: impl std::fmt::Display) -> PkiError {
+    PkiError::Issuer(format!("{what}: {error}"))
+}
+
+/// A leaf's parameters: `id` and `dns_names` as SANs, TLS client and server use,
+/// a fresh serial (returned too).
+fn leaf_params(
+    id: &SpiffeId,
+    dns_names: &[&str],
+    validity: Validity,
+) -> Result<(CertificateParams, Vec<u8>), PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = leaf_sans(id, dns_names)?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let serial = random_serial();
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.use_authority_key_identifier_extension = true;
+    validity.apply(&mut params);
+    Ok((params, serial))
 }
 
 fn leaf_sans(id: &SpiffeId, dns_names: &[&str]) -> Result<Vec<SanType>, PkiError> {
@@ -332,6 +439,89 @@ mod tests {
                 .unwrap()
                 .starts_with("-----BEGIN CERTIFICATE-----")
         );
+    }
+
+    /// An east issuer written as an issuer Secret holds it, and loaded back.
+    fn loaded_east_issuer() -> (Ca, Ca, tempfile::TempDir) {
+        let root = Ca::root("meshlink root", Validity::days(365)).unwrap();
+        let east = root
+            .intermediate("east issuer", Validity::days(30))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = east.write(dir.path()).unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        let loaded = Ca::load(
+            &read(&files.cert_chain),
+            &read(&files.key),
+            &read(&files.bundle),
+        );
+        (root, loaded.unwrap(), dir)
+    }
+
+    #[test]
+    fn a_loaded_issuer_signs_the_requesters_key_with_the_callers_identity_only() {
+        let (root, east, _dir) = loaded_east_issuer();
+        let key = KeyPair::generate().unwrap();
+        // The request asks for another identity and for a CA: both are ignored.
+        let mut asked = CertificateParams::new(Vec::<String>::new()).unwrap();
+        asked.subject_alt_names = vec![SanType::URI("spiffe://evil/ns/a/sa/b".try_into().unwrap())];
+        asked.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let csr = asked.serialize_request(&key).unwrap();
+        let id = SpiffeId::parse("spiffe://east.local/ns/shop/sa/books").unwrap();
+
+        let chain = east
+            .sign_request(csr.der(), &id, Validity::days(1))
+            .unwrap();
+        assert_eq!(chain.len(), 2, "leaf + east issuer");
+        let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+        let (_, issuer) = X509Certificate::from_der(&chain[1]).unwrap();
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(san.value.general_names, [GeneralName::URI(id.as_str())]);
+        assert!(!leaf.is_ca());
+        assert_eq!(leaf.public_key().raw, key.subject_public_key_info());
+        leaf.verify_signature(Some(issuer.public_key())).unwrap();
+        let root_der = &parse_chain(root.root_pem())[0];
+        let (_, root_cert) = X509Certificate::from_der(root_der).unwrap();
+        issuer
+            .verify_signature(Some(root_cert.public_key()))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_request_whose_signature_does_not_verify_is_refused() {
+        let (_, east, _dir) = loaded_east_issuer();
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        let mut der = csr.der().to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 0x55;
+        let id = SpiffeId::parse("spiffe://east.local/ns/shop/sa/books").unwrap();
+        for bad in [der.as_slice(), b"garbage".as_slice()] {
+            let err = east.sign_request(bad, &id, Validity::days(1)).unwrap_err();
+            assert!(matches!(err, PkiError::Request(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_unusable_issuer_is_named() {
+        let root = Ca::root("r", Validity::days(1)).unwrap();
+        let other = Ca::root("other", Validity::days(1)).unwrap();
+        let id = SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap();
+        let leaf = root.issue(&id, &[], Validity::days(1)).unwrap();
+        let other_key = other.issuer.key().serialize_pem();
+        let root_key = root.issuer.key().serialize_pem();
+        for (chain, key, named) in [
+            ("", root_key.as_str(), "no certificate"),
+            (root.cert_pem(), "not a key", "key"),
+            (root.cert_pem(), other_key.as_str(), "not the certificate's"),
+            (leaf.chain_pem.as_str(), leaf.key_pem.as_str(), "not a CA"),
+        ] {
+            let err = Ca::load(chain, key, root.root_pem()).err().unwrap();
+            assert!(err.to_string().contains(named), "{named}: {err}");
+        }
     }
 
     #[test]
