@@ -1,8 +1,9 @@
 //! The contract every meshlink crate shares: the Link and TrafficSplit custom
-//! resources, label and annotation keys, SPIFFE identity names, the discovery protocol
+//! resources, label and annotation keys, SPIFFE identity names, the discovery and identity protocols
 //! and the transport-header codec. It performs no I/O, so every other crate can depend
 //! on it without pulling in a runtime.
 
+pub mod certify;
 pub mod discovery;
 pub mod identity;
 pub mod labels;

@@ -5,4 +5,5 @@
 
 pub mod discovery;
 pub mod failover;
+pub mod identity;
 pub mod watch_errors;

@@ -1,5 +1,6 @@
-//! The `controller` binary: one cluster's control plane. It serves discovery
-//! and manages failover TrafficSplits; identity joins it when it is built.
+//! The `controller` binary: one cluster's control plane. It serves discovery,
+//! manages failover TrafficSplits and, given an issuer, signs workloads'
+//! certificates (identity, on the discovery port).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use controller::discovery::Discovery;
-use controller::failover;
+use controller::{failover, identity};
 use prometheus_client::registry::Registry;
 use proxy::admin::{self, AdminState};
 use std::time::Duration;
@@ -56,6 +57,51 @@ struct Args {
         default_value = "failover.meshlink.io/controlled-by=meshlink"
     )]
     failover_selector: String,
+    /// The identity service's issuer: its certificate chain (PEM, issuer first).
+    /// Without it the controller signs no certificates.
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_ISSUER_CERT",
+        requires_all = ["identity_issuer_key", "identity_trust_anchors"]
+    )]
+    identity_issuer_cert: Option<PathBuf>,
+    /// The issuer's private key (PKCS#8 PEM).
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_ISSUER_KEY",
+        requires = "identity_issuer_cert"
+    )]
+    identity_issuer_key: Option<PathBuf>,
+    /// The trust anchors the issuer chains to (PEM).
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_TRUST_ANCHORS",
+        requires = "identity_issuer_cert"
+    )]
+    identity_trust_anchors: Option<PathBuf>,
+    /// The trust domain of the identities signed.
+    #[arg(long, env = "MESHLINK_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// How long a signed workload certificate is valid, in seconds.
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_LIFETIME_SECS",
+        default_value_t = 86_400
+    )]
+    identity_lifetime_secs: u64,
+}
+
+impl Args {
+    /// The identity service's settings, if an issuer is given.
+    fn identity(&self) -> Option<identity::Config> {
+        Some(identity::Config {
+            trust_domain: self.trust_domain.clone(),
+            lifetime: Duration::from_secs(self.identity_lifetime_secs),
+            issuer_chain: self.identity_issuer_cert.clone()?,
+            issuer_key: self.identity_issuer_key.clone()?,
+            trust_anchors: self.identity_trust_anchors.clone()?,
+        })
+    }
 }
 
 /// Splits `namespace/name`.
@@ -96,6 +142,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     failover::check_selector(&failover.selector)
         .map_err(|why| anyhow::anyhow!("--failover-selector {:?}: {why}", failover.selector))?;
+    let identity_config = args.identity();
     let client = client(args.kubeconfig).await?;
     let signal = admin::shutdown_signal().context("installing signal handlers")?;
     let discovery_l = TcpListener::bind(args.discovery_addr)
@@ -115,11 +162,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let failover_metrics =
         failover::Metrics::register(registry.sub_registry_with_prefix("failover"));
+    let identity = match &identity_config {
+        Some(config) => {
+            let metrics =
+                identity::Metrics::register(registry.sub_registry_with_prefix("identity"));
+            Some(identity::Service::load(client.clone(), config, metrics)?)
+        }
+        None => None,
+    };
     let state = AdminState {
         registry: Arc::new(registry),
         ready: discovery.ready(),
     };
-    tracing::info!(discovery = %args.discovery_addr, admin = %args.admin_addr, cluster = %args.cluster_name, "controller listening");
+    tracing::info!(
+        discovery = %args.discovery_addr,
+        admin = %args.admin_addr,
+        cluster = %args.cluster_name,
+        identity = identity_config.is_some(),
+        "controller listening"
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut admin_stop = stop_rx.clone();
@@ -129,7 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         failover_metrics,
         stop_rx.clone(),
     ));
-    let server = tokio::spawn(discovery.serve(discovery_l, stop_rx));
+    let server = tokio::spawn(discovery.serve(discovery_l, identity, stop_rx));
     let admin = tokio::spawn(admin::serve(admin_l, state, async move {
         let _ = admin_stop.wait_for(|s| *s).await;
     }));

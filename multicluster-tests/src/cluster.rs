@@ -189,10 +189,22 @@ impl Cluster {
     /// Mints a token for ServiceAccount `ns/sa` through the TokenRequest API
     /// (valid one hour, default audience). The ServiceAccount must exist.
     pub async fn service_account_token(&self, ns: &str, sa: &str) -> Result<String> {
+        self.service_account_token_for(ns, sa, &[]).await
+    }
+
+    /// Like [`Cluster::service_account_token`], for `audiences` (none: the
+    /// apiserver's own).
+    pub async fn service_account_token_for(
+        &self,
+        ns: &str,
+        sa: &str,
+        audiences: &[&str],
+    ) -> Result<String> {
         let api: Api<ServiceAccount> = Api::namespaced(self.client(), ns);
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 expiration_seconds: Some(3600),
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
                 ..Default::default()
             },
             ..Default::default()

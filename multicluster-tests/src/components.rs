@@ -32,10 +32,16 @@ impl ControllerProcess {
     /// Starts the controller for `cluster` (admin kubeconfig) and waits until it is
     /// ready: its watches have listed the cluster.
     pub async fn start(cluster: &Cluster) -> Result<Self> {
+        Self::start_with(cluster, &[]).await
+    }
+
+    /// Like [`ControllerProcess::start`], with `args` added to the command line.
+    pub async fn start_with(cluster: &Cluster, args: &[std::ffi::OsString]) -> Result<Self> {
         let (discovery, admin) = (free_addr()?, free_addr()?);
         let child = Command::new(meshlink_binary("controller")?)
             .args(["--cluster-name", cluster.name(), "--kubeconfig"])
             .arg(cluster.kubeconfig_path())
+            .args(args)
             .arg("--discovery-addr")
             .arg(discovery.to_string())
             .arg("--admin-addr")
@@ -97,14 +103,22 @@ impl ControllerProcess {
 
 /// Whether the admin server at `addr` answers `/ready` with 200.
 pub async fn ready(addr: SocketAddr) -> bool {
-    let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
-        return false;
-    };
-    let mut reply = Vec::new();
-    let asked = conn.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await;
-    asked.is_ok()
-        && conn.read_to_end(&mut reply).await.is_ok()
-        && reply.split(|b| *b == b' ').nth(1) == Some(b"200")
+    admin_get(addr, "/ready")
+        .await
+        .is_some_and(|(status, _)| status == 200)
+}
+
+/// GETs `path` from the admin server at `addr`: the status and the body, or
+/// `None` when it could not be asked or did not answer HTTP.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.ok()?;
+    let status = reply.split(' ').nth(1)?.parse().ok()?;
+    let body = reply.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
 }
 
 /// A loopback address with a port free at the time of the call, drawn from

@@ -61,7 +61,7 @@ pub mod zonelab;
 
 pub use binaries::{Binaries, meshlink_binary};
 pub use cluster::Cluster;
-pub use components::{ControllerProcess, free_addr, ready};
+pub use components::{ControllerProcess, admin_get, free_addr, ready};
 pub use error::{Error, Result};
 pub use harness::{Harness, HarnessBuilder};
 pub use net::{AddressPlan, MAX_CLUSTERS, MAX_GATEWAYS, SLOTS, netns_names};

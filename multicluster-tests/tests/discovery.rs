@@ -47,7 +47,7 @@ impl Server {
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(async move {
             discovery
-                .serve(listener, shutdown)
+                .serve(listener, None, shutdown)
                 .await
                 .expect("discovery server failed");
         });

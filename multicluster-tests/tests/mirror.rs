@@ -23,7 +23,7 @@ use kube::{Api, Client, CustomResourceExt};
 use mirror::controller::{Options, ProbeIdentity, run};
 use mirror::metrics::Metrics;
 use mirror::session::SessionConfig;
-use multicluster_tests::Harness;
+use multicluster_tests::{Harness, admin_get};
 use proxy::tls::TrustBundle;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -1134,17 +1134,6 @@ async fn gateway_dns_names_are_resolved_and_followed() {
 }
 
 /// `GET path` on an admin server over plain HTTP/1.0: status code and body.
-async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.ok()?;
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).await.ok()?;
-    let status = reply.split(' ').nth(1)?.parse().ok()?;
-    let body = reply.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_metrics_and_ready_and_stops_on_sigterm() {
     let env = Env::linked("shop").await;

@@ -326,6 +326,19 @@ fn ca_params(common_name: &str, validity: Validity, limit: BasicConstraints) -> 
     params
 }
 
+/// DER certificates as one PEM text, in order: a chain as the credential files
+/// hold it.
+pub fn certificates_pem<C: AsRef<[u8]>>(ders: &[C]) -> String {
+    let blocks: Vec<pem::Pem> = ders
+        .iter()
+        .map(|der| pem::Pem::new("CERTIFICATE", der.as_ref()))
+        .collect();
+    pem::encode_many_config(
+        &blocks,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
 /// The first `CERTIFICATE` block of `pem`, armour included.
 fn first_certificate(pem: &str) -> Option<&str> {
     const END: &str = "-----END CERTIFICATE-----";
@@ -485,6 +498,17 @@ mod tests {
         issuer
             .verify_signature(Some(root_cert.public_key()))
             .unwrap();
+        // The requester's key and the returned chain make working credentials.
+        let creds = Leaf {
+            id: id.clone(),
+            chain_pem: certificates_pem(&chain),
+            key_pem: key.serialize_pem(),
+            serial: Vec::new(),
+        }
+        .credentials(root.root_pem())
+        .unwrap();
+        assert_eq!(creds.local_id(), &id);
+        assert_eq!(creds.leaf(), &chain[0]);
     }
 
     #[test]
