@@ -488,6 +488,7 @@ fn control_plane(v: &ControlPlane, namespace: &str) -> Vec<Value> {
         rule("discovery.k8s.io", "endpointslices", &read),
         rule("split.smi-spec.io", "trafficsplits", &["get", "list", "watch", "patch"]),
         rule("events.k8s.io", "events", &["create", "patch"]),
+        rule("authentication.k8s.io", "tokenreviews", &["create"]),
     ]);
     let rules = json!([rule("", "configmaps", &read)]);
     let mut objects = ctx.account_with_roles(name, &labels, cluster_rules, rules);
