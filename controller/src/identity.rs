@@ -108,7 +108,7 @@ impl Service {
         )
         .with_context(|| format!("loading the issuer {}", config.issuer_chain.display()))?;
         anyhow::ensure!(
-            config.lifetime >= Duration::from_secs(60),
+            config.lifetime >= Duration::from_secs(10),
             "a leaf lifetime of {:?} is too short",
             config.lifetime
         );

@@ -3,6 +3,7 @@
 //! with the apiserver (TokenReview) and signs the workload's own key.
 
 use std::ffi::OsString;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use api::certify::identity_client::IdentityClient;
@@ -12,8 +13,11 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
-use multicluster_tests::{ControllerProcess, Harness, admin_get};
+use multicluster_tests::{
+    ControllerProcess, Harness, admin_get, free_addr, meshlink_binary, ready,
+};
 use proxy::pki::{Ca, Leaf, Validity, certificates_pem};
+use proxy::tls::{Credentials, TlsConfigs};
 use rcgen::{CertificateParams, KeyPair, PublicKeyData};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -43,55 +47,112 @@ async fn certify(
     client.certify(request).await.map(|r| r.into_inner())
 }
 
-#[tokio::test]
-async fn workloads_trade_a_service_account_token_for_a_certificate_of_their_own() -> Result<()> {
-    let harness = Harness::builder()
-        .cluster("east")
-        .without_controller_manager()
-        .start()
-        .await?;
-    let east = harness.cluster("east");
-    let client = east.client();
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some("shop".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "shop");
-    for name in ["books", "web"] {
-        let sa = ServiceAccount {
+/// One cluster with namespace `shop` and service accounts `books` and `web`, an
+/// east issuer under a root, and the `controller` signing with it.
+struct Bed {
+    // Dropped first (killed), before its cluster stops under it.
+    controller: ControllerProcess,
+    harness: Harness,
+    root: Ca,
+    _issuer_dir: tempfile::TempDir,
+}
+
+impl Bed {
+    async fn start(lifetime_secs: u64) -> Result<Self> {
+        let harness = Harness::builder()
+            .cluster("east")
+            .without_controller_manager()
+            .start()
+            .await?;
+        let east = harness.cluster("east");
+        let client = east.client();
+        let ns = Namespace {
             metadata: ObjectMeta {
-                name: Some(name.into()),
+                name: Some("shop".into()),
                 ..Default::default()
             },
             ..Default::default()
         };
-        accounts.create(&PostParams::default(), &sa).await?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client, "shop");
+        for name in ["books", "web"] {
+            let sa = ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            accounts.create(&PostParams::default(), &sa).await?;
+        }
+
+        let root = Ca::root("meshlink root", Validity::days(30))?;
+        let issuer = root.intermediate("east issuer", Validity::days(30))?;
+        let issuer_dir = tempfile::tempdir()?;
+        let files = issuer.write(issuer_dir.path())?;
+        let args: Vec<OsString> = vec![
+            "--identity-issuer-cert".into(),
+            files.cert_chain.into(),
+            "--identity-issuer-key".into(),
+            files.key.into(),
+            "--identity-trust-anchors".into(),
+            files.bundle.into(),
+            "--trust-domain".into(),
+            TRUST_DOMAIN.into(),
+            "--identity-lifetime-secs".into(),
+            lifetime_secs.to_string().into(),
+        ];
+        let controller = ControllerProcess::start_with(east, &args).await?;
+        Ok(Self {
+            harness,
+            root,
+            controller,
+            _issuer_dir: issuer_dir,
+        })
     }
 
-    let root = Ca::root("meshlink root", Validity::days(30))?;
-    let issuer = root.intermediate("east issuer", Validity::days(30))?;
-    let issuer_dir = tempfile::tempdir()?;
-    let files = issuer.write(issuer_dir.path())?;
-    let args: Vec<OsString> = vec![
-        "--identity-issuer-cert".into(),
-        files.cert_chain.clone().into(),
-        "--identity-issuer-key".into(),
-        files.key.clone().into(),
-        "--identity-trust-anchors".into(),
-        files.bundle.clone().into(),
-        "--trust-domain".into(),
-        TRUST_DOMAIN.into(),
-        "--identity-lifetime-secs".into(),
-        "3600".into(),
-    ];
-    let controller = ControllerProcess::start_with(east, &args).await?;
-    let mut identity = IdentityClient::connect(format!("http://{}", controller.discovery)).await?;
+    fn east(&self) -> &multicluster_tests::Cluster {
+        self.harness.cluster("east")
+    }
+
+    async fn client(&self) -> Result<IdentityClient<Channel>> {
+        let addr = format!("http://{}", self.controller.discovery);
+        Ok(IdentityClient::connect(addr).await?)
+    }
+
+    /// A token for the identity service's audience.
+    async fn token(&self, sa: &str) -> Result<String> {
+        Ok(self
+            .east()
+            .service_account_token_for("shop", sa, &[TOKEN_AUDIENCE])
+            .await?)
+    }
+
+    /// Credentials for `sa`, certified by the identity service.
+    async fn credentials(&self, sa: &str) -> Result<Credentials> {
+        let id = format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/{sa}");
+        let (key, csr) = key_and_request()?;
+        let issued = certify(&mut self.client().await?, &id, &self.token(sa).await?, &csr).await?;
+        let mut chain = vec![issued.leaf_certificate];
+        chain.extend(issued.intermediate_certificates);
+        let leaf = Leaf {
+            id: SpiffeId::parse(&id)?,
+            chain_pem: certificates_pem(&chain),
+            key_pem: key.serialize_pem(),
+            serial: Vec::new(),
+        };
+        Ok(leaf.credentials(self.root.root_pem())?)
+    }
+}
+
+#[tokio::test]
+async fn workloads_trade_a_service_account_token_for_a_certificate_of_their_own() -> Result<()> {
+    let bed = Bed::start(3600).await?;
+    let mut identity = bed.client().await?;
+    let east = bed.east();
+    let controller = &bed.controller;
 
     // books, with a token for the identity service, gets a leaf for its own key.
     let books_token = east
@@ -113,15 +174,7 @@ async fn workloads_trade_a_service_account_token_for_a_certificate_of_their_own(
         leaf.validity().not_after.timestamp()
     );
     // With the intermediates it makes credentials that chain to the root.
-    let mut chain = vec![issued.leaf_certificate.clone()];
-    chain.extend(issued.intermediate_certificates.iter().cloned());
-    let creds = Leaf {
-        id: SpiffeId::parse(BOOKS)?,
-        chain_pem: certificates_pem(&chain),
-        key_pem: key.serialize_pem(),
-        serial: Vec::new(),
-    }
-    .credentials(root.root_pem())?;
+    let creds = bed.credentials("books").await?;
     assert_eq!(creds.local_id().as_str(), BOOKS);
 
     // Refusals, each with its code.
@@ -205,7 +258,7 @@ async fn workloads_trade_a_service_account_token_for_a_certificate_of_their_own(
         .await
         .context("no /metrics")?;
     for (result, n) in [
-        ("ok", 1),
+        ("ok", 2),
         ("permission_denied", 1),
         ("unauthenticated", 3),
         ("invalid_argument", 5),
@@ -213,6 +266,83 @@ async fn workloads_trade_a_service_account_token_for_a_certificate_of_their_own(
         let line = format!("identity_certify_requests_total{{result=\"{result}\"}} {n}");
         assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
     }
-    controller.terminate().await?;
+    bed.controller.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_proxy_serves_the_certificate_the_identity_service_signed_and_renews_it() -> Result<()> {
+    // Renewed at 70% of 15 s, loaded by the proxy's 10 s credential poll.
+    let bed = Bed::start(15).await?;
+    let dir = tempfile::tempdir()?;
+    let file = |name: &str, text: &str| -> Result<std::path::PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let token = file("token", &bed.token("books").await?)?;
+    let trust = file("ca.crt", bed.root.root_pem())?;
+    let discovery = file("discovery.yaml", "services: []\n")?;
+    let (inbound, outbound, admin) = (free_addr()?, free_addr()?, free_addr()?);
+    let mut proxy = tokio::process::Command::new(meshlink_binary("proxy")?)
+        .arg("run")
+        .arg("--identity-addr")
+        .arg(bed.controller.discovery.to_string())
+        .args(["--identity", BOOKS, "--identity-token-file"])
+        .arg(&token)
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .arg("--tls-trust")
+        .arg(&trust)
+        .arg("--discovery-file")
+        .arg(&discovery)
+        .args(["--app-addr", "127.0.0.1:9"])
+        .args(["--inbound-addr", &inbound.to_string()])
+        .args(["--outbound-addr", &outbound.to_string()])
+        .args(["--admin-addr", &admin.to_string()])
+        .kill_on_drop(true)
+        .spawn()?;
+    let started = tokio::time::Instant::now();
+    while !ready(admin).await {
+        if let Some(status) = proxy.try_wait()? {
+            anyhow::bail!("the proxy exited before it was ready: {status}");
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "proxy not ready in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A peer certified as web reaches the proxy and finds it is books.
+    let web = TlsConfigs::build(&bed.credentials("web").await?, &[])?;
+    let books = SpiffeId::parse(BOOKS)?;
+    let served_leaf = || async {
+        let tcp = tokio::net::TcpStream::connect(inbound).await?;
+        let config = web.client_for(&books, None);
+        let (tls, id) = proxy::tls::connect(config, tcp, &books, Duration::from_secs(5)).await?;
+        anyhow::ensure!(id == books, "the proxy is {id}");
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        Ok::<_, anyhow::Error>(leaf.context("no leaf")?.to_vec())
+    };
+    let first = served_leaf().await?;
+    let (_, cert) = X509Certificate::from_der(&first)?;
+    let lifetime = cert.validity().time_to_expiration().context("expired")?;
+    assert!(lifetime.whole_seconds() <= 15, "{lifetime}");
+
+    // Before the first leaf expires, the proxy serves a new one.
+    let renewed_by = started + Duration::from_secs(40);
+    loop {
+        if served_leaf().await? != first {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < renewed_by,
+            "the proxy still serves its first leaf"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     Ok(())
 }

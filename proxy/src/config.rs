@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::identity::SpiffeId;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 mod balance;
@@ -16,6 +17,7 @@ pub use balance::BalanceArgs;
 
 use crate::Error;
 use crate::accept::AcceptConfig;
+use crate::certify::CertifyConfig;
 use crate::detect::{DEFAULT_OPAQUE_PORTS, DetectConfig};
 use crate::discovery::{Discovery, StaticDiscovery};
 use crate::discovery_grpc::GrpcDiscovery;
@@ -100,18 +102,61 @@ impl DiscoveryArgs {
     pub fn discovery(&self) -> Result<Arc<dyn Discovery>, Error> {
         match (&self.discovery_file, &self.discovery_addr) {
             (Some(file), _) => Ok(Arc::new(StaticDiscovery::from_file(file)?)),
-            (None, Some(addr)) => {
-                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| Error::Config(format!("--discovery-addr {addr:?}: {e}")))?;
-                Ok(Arc::new(GrpcDiscovery::new(
-                    endpoint.connect_lazy(),
-                    self.zone.clone(),
-                )))
-            }
+            (None, Some(addr)) => Ok(Arc::new(GrpcDiscovery::new(
+                lazy_channel("discovery-addr", addr)?,
+                self.zone.clone(),
+            ))),
             (None, None) => Err(Error::Config(
                 "one of --discovery-file or --discovery-addr is required".into(),
             )),
         }
+    }
+}
+
+/// A gRPC channel to `addr` (`host:port`, named by `flag` in errors) that
+/// connects on first use, so a control plane that is not up yet does not stop a
+/// proxy from starting. Must be called within a Tokio runtime.
+fn lazy_channel(flag: &str, addr: &str) -> Result<tonic::transport::Channel, Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Error::Config(format!("--{flag} {addr:?}: {e}")))?;
+    Ok(endpoint.connect_lazy())
+}
+
+/// Where the proxy's certificate comes from when it is not mounted.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// The control plane's identity service, `host:port` (its discovery address).
+    /// With it the proxy obtains its certificate there before it starts serving,
+    /// renews it, and writes --tls-cert and --tls-key; without it those files
+    /// are mounted.
+    #[arg(long, env = "MESHLINK_IDENTITY_ADDR", requires = "identity")]
+    pub identity_addr: Option<String>,
+    /// The SPIFFE ID to ask for, `spiffe://<trust domain>/ns/<namespace>/sa/<account>`.
+    #[arg(long, env = "MESHLINK_IDENTITY", requires = "identity_addr")]
+    pub identity: Option<SpiffeId>,
+    /// The projected service-account token for audience `identity.meshlink.io`.
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_TOKEN_FILE",
+        default_value = "/var/run/secrets/tokens/meshlink-identity"
+    )]
+    pub identity_token_file: PathBuf,
+}
+
+impl IdentityArgs {
+    /// How to obtain the certificate written to `tls`'s files, if from the
+    /// identity service. Must be called within a Tokio runtime.
+    pub fn certify(&self, tls: &TlsArgs) -> Result<Option<CertifyConfig>, Error> {
+        let (Some(addr), Some(identity)) = (&self.identity_addr, &self.identity) else {
+            return Ok(None);
+        };
+        Ok(Some(CertifyConfig {
+            channel: lazy_channel("identity-addr", addr)?,
+            identity: identity.clone(),
+            token_file: self.identity_token_file.clone(),
+            cert_file: tls.tls_cert.clone(),
+            key_file: tls.tls_key.clone(),
+        }))
     }
 }
 
@@ -249,6 +294,9 @@ pub struct RunArgs {
     /// TLS credentials.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// The identity service, when it issues the credentials.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Timeouts and limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -295,6 +343,7 @@ impl RunArgs {
             opaque_ports,
             detect_timeout_ms,
             tls: _,
+            identity: _,
             limits,
             balance,
             failover_fast_path,

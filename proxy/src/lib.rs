@@ -10,6 +10,7 @@
 pub mod accept;
 pub mod admin;
 pub mod balance;
+pub mod certify;
 pub mod config;
 pub mod detect;
 pub mod discovery;

@@ -1,5 +1,6 @@
 //! The `proxy` binary: `proxy init` writes the interception rules; `proxy run`
-//! parses and validates its configuration, loads credentials and discovery, binds
+//! parses and validates its configuration, obtains its certificate from the
+//! identity service when told to, loads credentials and discovery, binds
 //! the outbound, inbound and admin listeners, and serves until SIGTERM, then
 //! drains.
 
@@ -26,6 +27,9 @@ use tokio::sync::watch;
 
 /// How often credential files are checked for rotation.
 const CREDENTIAL_POLL: Duration = Duration::from_secs(10);
+/// How long the proxy keeps asking the identity service for its first
+/// certificate before it gives up and exits.
+const FIRST_CERTIFICATE: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -57,7 +61,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tls::install_default_provider();
     // Everything is validated before a port is bound.
     let config = args.config()?;
+    let certify = match args.identity.certify(&args.tls)? {
+        Some(certify) => {
+            let expires = certify
+                .certify_within(FIRST_CERTIFICATE)
+                .await
+                .with_context(|| format!("obtaining a certificate for {}", certify.identity))?;
+            Some((certify, expires))
+        }
+        None => None,
+    };
     let (discovery, creds) = proxy::config::load(&args.discovery, &args.tls, CREDENTIAL_POLL)?;
+    if let Some((certify, expires)) = certify {
+        tokio::spawn(certify.renew(expires, creds.check_now.clone()));
+    }
     let signal = admin::shutdown_signal().context("installing signal handlers")?;
 
     let mut registry = Registry::default();

@@ -12,7 +12,7 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::{ClientConfig, ServerConfig};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// One generation of TLS configs, built from the same credentials.
 #[derive(Debug)]
@@ -70,6 +70,9 @@ pub struct CredentialWatch {
     pub server: watch::Receiver<Arc<ServerConfig>>,
     /// Count of reloads that failed (the old configs were kept).
     pub reload_failures: watch::Receiver<u64>,
+    /// Checks the files at once when notified, for a writer that knows it has
+    /// just replaced them.
+    pub check_now: Arc<Notify>,
 }
 
 impl CredentialWatch {
@@ -80,7 +83,8 @@ impl CredentialWatch {
 }
 
 /// Loads the files now (failing if they are bad) and spawns a task that reloads
-/// them every `interval` when their content changes. Must run inside a tokio runtime.
+/// them when their content changes, checked every `interval` and on
+/// [`CredentialWatch::check_now`]. Must run inside a tokio runtime.
 pub fn watch_credentials(
     files: CredentialFiles,
     alpn: Vec<Vec<u8>>,
@@ -91,11 +95,14 @@ pub fn watch_credentials(
     let (server_tx, server) = watch::channel(initial.server.clone());
     let (tx, configs) = watch::channel(Arc::new(initial));
     let (failures_tx, reload_failures) = watch::channel(0u64);
+    let check_now = Arc::new(Notify::new());
+    let notified = check_now.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 () = tx.closed() => return,
                 () = tokio::time::sleep(interval) => {}
+                () = notified.notified() => {}
             }
             let now = snapshot(&files);
             if now == seen {
@@ -119,6 +126,7 @@ pub fn watch_credentials(
         configs,
         server,
         reload_failures,
+        check_now,
     })
 }
 
