@@ -7,10 +7,17 @@
 //! `system:serviceaccount:<namespace>:<account>`, is a leaf signed over the
 //! request's public key, valid for [`Config::lifetime`]. Every refusal is logged
 //! with its reason (never the token) and counted by result.
+//!
+//! The service has a listener of its own, served over TLS 1.3 with a certificate
+//! the issuer signs for [`Config::server_id`] at start: clients have no
+//! certificate yet, so they are not asked for one, but they check the server's
+//! identity against their trust anchors before sending a token.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use api::certify::identity_server::{Identity, IdentityServer};
 use api::certify::{CertifyRequest, CertifyResponse, TOKEN_AUDIENCE};
 use api::identity::SpiffeId;
@@ -22,6 +29,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use proxy::pki::{Ca, Validity};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 use tonic::{Code, Request, Response, Status};
 
 /// What the service signs, and with what.
@@ -37,6 +48,20 @@ pub struct Config {
     pub issuer_key: PathBuf,
     /// The trust anchors the issuer chains to (PEM).
     pub trust_anchors: PathBuf,
+    /// The identity the service itself presents to clients.
+    pub server_id: SpiffeId,
+}
+
+/// How long the service's own certificate is valid. The issuer is read once at
+/// start, so a new issuer means a restart, which also renews this certificate.
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The loaded service and the TLS config it is served with.
+pub struct Server {
+    server: IdentityServer<Service>,
+    tls: Arc<ServerConfig>,
 }
 
 /// Certify requests by result (`ok` or the refusal's gRPC code).
@@ -92,12 +117,7 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// Loads the issuer named by `config`; reviews tokens through `client`. Fails,
     /// naming the file or the problem, when the issuer cannot sign.
-    pub fn load(
-        client: Client,
-        config: &Config,
-        metrics: Metrics,
-    ) -> anyhow::Result<IdentityServer<Self>> {
-        use anyhow::Context as _;
+    pub fn load(client: Client, config: &Config, metrics: Metrics) -> anyhow::Result<Server> {
         let read = |path: &PathBuf| {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
         };
@@ -112,13 +132,23 @@ impl Service {
             "a leaf lifetime of {:?} is too short",
             config.lifetime
         );
-        Ok(IdentityServer::new(Self {
+        let own = issuer
+            .issue(
+                &config.server_id,
+                &[],
+                Validity::for_duration(SERVER_CERT_LIFETIME),
+            )?
+            .credentials(issuer.root_pem())
+            .context("loading the identity service's own certificate")?;
+        let tls = own.server_config_without_client_auth(&[b"h2".to_vec()])?;
+        let server = IdentityServer::new(Self {
             client,
             issuer,
             trust_domain: config.trust_domain.clone(),
             lifetime: config.lifetime,
             metrics,
-        }))
+        });
+        Ok(Server { server, tls })
     }
 
     /// Checks the request and signs its key, or says why not.
@@ -182,6 +212,55 @@ impl Service {
             .user
             .and_then(|u| u.username)
             .ok_or_else(|| Status::unauthenticated("token review: no user name"))
+    }
+}
+
+impl Server {
+    /// Serves the identity service over TLS on `listener` until `shutdown` turns
+    /// true. Handshakes run on their own tasks, so a slow client holds up no other.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), tonic::transport::Error> {
+        let (tx, rx) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(self.tls);
+        let accept = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "identity listener accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::info!(%peer, %error, "identity TLS handshake failed");
+                        }
+                        Err(_) => tracing::info!(%peer, "identity TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        let incoming = futures::stream::unfold(rx, |mut rx| async {
+            rx.recv().await.map(|conn| (conn, rx))
+        });
+        let mut stop = shutdown;
+        let served = tonic::transport::Server::builder()
+            .add_service(self.server)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        accept.abort();
+        served
     }
 }
 

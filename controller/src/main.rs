@@ -1,6 +1,6 @@
 //! The `controller` binary: one cluster's control plane. It serves discovery,
 //! manages failover TrafficSplits and, given an issuer, signs workloads'
-//! certificates (identity, on the discovery port).
+//! certificates (identity, over TLS on a port of its own).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use api::identity::SpiffeId;
 use clap::Parser;
 use controller::discovery::Discovery;
 use controller::{failover, identity};
@@ -82,6 +83,13 @@ struct Args {
     /// The trust domain of the identities signed.
     #[arg(long, env = "MESHLINK_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
+    /// Where workloads reach the identity service (TLS).
+    #[arg(long, env = "MESHLINK_IDENTITY_ADDR", default_value = "0.0.0.0:8080")]
+    identity_addr: SocketAddr,
+    /// The identity the service presents; by default
+    /// `spiffe://<trust domain>/ns/meshlink/sa/meshlink-controller`.
+    #[arg(long, env = "MESHLINK_IDENTITY_SERVER_ID")]
+    identity_server_id: Option<SpiffeId>,
     /// How long a signed workload certificate is valid, in seconds.
     #[arg(
         long,
@@ -93,14 +101,27 @@ struct Args {
 
 impl Args {
     /// The identity service's settings, if an issuer is given.
-    fn identity(&self) -> Option<identity::Config> {
-        Some(identity::Config {
+    fn identity(&self) -> anyhow::Result<Option<identity::Config>> {
+        let (Some(cert), Some(key), Some(anchors)) = (
+            &self.identity_issuer_cert,
+            &self.identity_issuer_key,
+            &self.identity_trust_anchors,
+        ) else {
+            return Ok(None);
+        };
+        let server_id = match &self.identity_server_id {
+            Some(id) => id.clone(),
+            None => SpiffeId::workload(&self.trust_domain, "meshlink", "meshlink-controller")
+                .map_err(|e| anyhow::anyhow!("--trust-domain {:?}: {e}", self.trust_domain))?,
+        };
+        Ok(Some(identity::Config {
             trust_domain: self.trust_domain.clone(),
             lifetime: Duration::from_secs(self.identity_lifetime_secs),
-            issuer_chain: self.identity_issuer_cert.clone()?,
-            issuer_key: self.identity_issuer_key.clone()?,
-            trust_anchors: self.identity_trust_anchors.clone()?,
-        })
+            issuer_chain: cert.clone(),
+            issuer_key: key.clone(),
+            trust_anchors: anchors.clone(),
+            server_id,
+        }))
     }
 }
 
@@ -142,7 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     failover::check_selector(&failover.selector)
         .map_err(|why| anyhow::anyhow!("--failover-selector {:?}: {why}", failover.selector))?;
-    let identity_config = args.identity();
+    let identity_config = args.identity()?;
     let client = client(args.kubeconfig).await?;
     let signal = admin::shutdown_signal().context("installing signal handlers")?;
     let discovery_l = TcpListener::bind(args.discovery_addr)
@@ -178,7 +199,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         discovery = %args.discovery_addr,
         admin = %args.admin_addr,
         cluster = %args.cluster_name,
-        identity = identity_config.is_some(),
+        identity = ?identity_config.as_ref().map(|_| args.identity_addr),
         "controller listening"
     );
 
@@ -190,7 +211,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         failover_metrics,
         stop_rx.clone(),
     ));
-    let server = tokio::spawn(discovery.serve(discovery_l, identity, stop_rx));
+    let identity = match identity {
+        Some(identity) => {
+            let listener = TcpListener::bind(args.identity_addr)
+                .await
+                .with_context(|| format!("binding {}", args.identity_addr))?;
+            Some(tokio::spawn(identity.serve(listener, stop_rx.clone())))
+        }
+        None => None,
+    };
+    let server = tokio::spawn(discovery.serve(discovery_l, stop_rx));
     let admin = tokio::spawn(admin::serve(admin_l, state, async move {
         let _ = admin_stop.wait_for(|s| *s).await;
     }));
@@ -202,6 +232,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("discovery task")?
         .context("discovery server")?;
+    if let Some(identity) = identity {
+        identity
+            .await
+            .context("identity task")?
+            .context("identity server")?;
+    }
     admin.await.context("admin task")??;
     failover.await.context("failover task")?;
     Ok(())

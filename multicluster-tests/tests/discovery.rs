@@ -47,7 +47,7 @@ impl Server {
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(async move {
             discovery
-                .serve(listener, None, shutdown)
+                .serve(listener, shutdown)
                 .await
                 .expect("discovery server failed");
         });

@@ -16,8 +16,9 @@ use kube::api::PostParams;
 use multicluster_tests::{
     ControllerProcess, Harness, admin_get, free_addr, meshlink_binary, ready,
 };
+use proxy::certify::identity_channel;
 use proxy::pki::{Ca, Leaf, Validity, certificates_pem};
-use proxy::tls::{Credentials, TlsConfigs};
+use proxy::tls::{Credentials, TlsConfigs, TrustBundle};
 use rcgen::{CertificateParams, KeyPair, PublicKeyData};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -25,6 +26,8 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 const TRUST_DOMAIN: &str = "east.meshlink.test";
 const BOOKS: &str = "spiffe://east.meshlink.test/ns/shop/sa/books";
+/// The identity service's own identity, the controller's default.
+const CONTROLLER: &str = "spiffe://east.meshlink.test/ns/meshlink/sa/meshlink-controller";
 
 /// A key and a certificate signing request over it.
 fn key_and_request() -> Result<(KeyPair, Vec<u8>)> {
@@ -52,6 +55,8 @@ async fn certify(
 struct Bed {
     // Dropped first (killed), before its cluster stops under it.
     controller: ControllerProcess,
+    /// The identity service's TLS listener.
+    identity_addr: std::net::SocketAddr,
     harness: Harness,
     root: Ca,
     _issuer_dir: tempfile::TempDir,
@@ -92,7 +97,10 @@ impl Bed {
         let issuer = root.intermediate("east issuer", Validity::days(30))?;
         let issuer_dir = tempfile::tempdir()?;
         let files = issuer.write(issuer_dir.path())?;
+        let identity_addr = free_addr()?;
         let args: Vec<OsString> = vec![
+            "--identity-addr".into(),
+            identity_addr.to_string().into(),
             "--identity-issuer-cert".into(),
             files.cert_chain.into(),
             "--identity-issuer-key".into(),
@@ -106,9 +114,10 @@ impl Bed {
         ];
         let controller = ControllerProcess::start_with(east, &args).await?;
         Ok(Self {
+            controller,
+            identity_addr,
             harness,
             root,
-            controller,
             _issuer_dir: issuer_dir,
         })
     }
@@ -117,9 +126,20 @@ impl Bed {
         self.harness.cluster("east")
     }
 
+    /// A client of the identity service that expects it to be `server_id`.
+    fn client_expecting(&self, server_id: &str) -> Result<IdentityClient<Channel>> {
+        let root = TrustBundle::from_pem(None, self.root.root_pem().as_bytes())?;
+        let server_id = SpiffeId::parse(server_id)?;
+        let addr = self.identity_addr.to_string();
+        Ok(IdentityClient::new(identity_channel(
+            &addr,
+            &[root],
+            &server_id,
+        )?))
+    }
+
     async fn client(&self) -> Result<IdentityClient<Channel>> {
-        let addr = format!("http://{}", self.controller.discovery);
-        Ok(IdentityClient::connect(addr).await?)
+        self.client_expecting(CONTROLLER)
     }
 
     /// A token for the identity service's audience.
@@ -253,6 +273,23 @@ async fn workloads_trade_a_service_account_token_for_a_certificate_of_their_own(
         );
     }
 
+    // A client that expects another server identity sends nothing: the
+    // handshake fails before the token would go out. A plaintext client gets no
+    // answer either.
+    let mut impostor_check = bed.client_expecting("spiffe://east.meshlink.test/ns/x/sa/y")?;
+    let status = certify(&mut impostor_check, BOOKS, &books_token, &csr)
+        .await
+        .err()
+        .context("signed for a client that expected another server")?;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let plaintext = format!("http://{}", bed.identity_addr);
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut client = IdentityClient::connect(plaintext).await?;
+        Ok::<_, anyhow::Error>(certify(&mut client, BOOKS, &books_token, &csr).await?)
+    })
+    .await;
+    assert!(!matches!(refused, Ok(Ok(_))), "signed over plaintext");
+
     // The metrics count each result.
     let (_, metrics) = admin_get(controller.admin, "/metrics")
         .await
@@ -287,7 +324,7 @@ async fn a_proxy_serves_the_certificate_the_identity_service_signed_and_renews_i
     let mut proxy = tokio::process::Command::new(meshlink_binary("proxy")?)
         .arg("run")
         .arg("--identity-addr")
-        .arg(bed.controller.discovery.to_string())
+        .arg(bed.identity_addr.to_string())
         .args(["--identity", BOOKS, "--identity-token-file"])
         .arg(&token)
         .arg("--tls-cert")

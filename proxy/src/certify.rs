@@ -8,27 +8,37 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use api::certify::CertifyRequest;
 use api::certify::identity_client::IdentityClient;
 use api::identity::SpiffeId;
+use futures::future::BoxFuture;
+use http::Uri;
+use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair};
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::pki::{certificates_pem, write_atomic};
+use crate::tls::{TrustBundle, client_config_without_cert, connect};
 
 /// The share of a leaf's remaining lifetime after which it is renewed.
 const RENEW_AT: f64 = 0.7;
 /// The first and the longest wait between failed attempts.
 const RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
+/// How long the TLS handshake with the identity service may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where to ask, as whom, and where to write the result.
 #[derive(Debug, Clone)]
 pub struct CertifyConfig {
-    /// The identity service (the control plane's discovery address).
+    /// The identity service, over TLS (see [`identity_channel`]).
     pub channel: Channel,
     /// The SPIFFE ID asked for.
     pub identity: SpiffeId,
@@ -125,6 +135,55 @@ impl CertifyConfig {
                 Err(error) => return Err(error),
             }
         }
+    }
+}
+
+/// A channel to the identity service at `addr` (`host:port`) that connects on
+/// first use, over TLS 1.3 with no client certificate, and only to a server that
+/// proves it is `server_id` under `bundles`: the token is sent to no one else.
+pub fn identity_channel(
+    addr: &str,
+    bundles: &[TrustBundle],
+    server_id: &SpiffeId,
+) -> Result<Channel, crate::Error> {
+    let bad =
+        |e: &dyn std::fmt::Display| crate::Error::Config(format!("--identity-addr {addr:?}: {e}"));
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| bad(&e))?;
+    let config =
+        client_config_without_cert(bundles, server_id, &[b"h2".to_vec()]).map_err(|e| {
+            crate::Error::Config(format!("trust anchors for the identity service: {e}"))
+        })?;
+    Ok(endpoint.connect_with_connector_lazy(TlsConnect {
+        addr: addr.to_owned(),
+        config,
+        expected: server_id.clone(),
+    }))
+}
+
+/// Opens the identity service's TLS connections for tonic.
+#[derive(Clone)]
+struct TlsConnect {
+    addr: String,
+    config: Arc<ClientConfig>,
+    expected: SpiffeId,
+}
+
+impl tower_service::Service<Uri> for TlsConnect {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&this.addr).await?;
+            let (tls, _) = connect(this.config, tcp, &this.expected, HANDSHAKE_TIMEOUT).await?;
+            Ok(TokioIo::new(tls))
+        })
     }
 }
 

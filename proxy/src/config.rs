@@ -17,7 +17,7 @@ pub use balance::BalanceArgs;
 
 use crate::Error;
 use crate::accept::AcceptConfig;
-use crate::certify::CertifyConfig;
+use crate::certify::{CertifyConfig, identity_channel};
 use crate::detect::{DEFAULT_OPAQUE_PORTS, DetectConfig};
 use crate::discovery::{Discovery, StaticDiscovery};
 use crate::discovery_grpc::GrpcDiscovery;
@@ -25,7 +25,7 @@ use crate::inbound::{AppTarget, InboundConfig};
 use crate::init::InitConfig;
 use crate::outbound::{OutboundConfig, TargetMode};
 use crate::tls::{
-    BundleFile, CredentialFiles, CredentialWatch, IdPattern, Policy, watch_credentials,
+    BundleFile, CredentialFiles, CredentialWatch, IdPattern, Policy, TrustBundle, watch_credentials,
 };
 
 /// The `proxy` binary.
@@ -125,8 +125,8 @@ fn lazy_channel(flag: &str, addr: &str) -> Result<tonic::transport::Channel, Err
 /// Where the proxy's certificate comes from when it is not mounted.
 #[derive(Debug, Clone, Args)]
 pub struct IdentityArgs {
-    /// The control plane's identity service, `host:port` (its discovery address).
-    /// With it the proxy obtains its certificate there before it starts serving,
+    /// The control plane's identity service, `host:port` (TLS, the controller's
+    /// `--identity-addr`). With it the proxy obtains its certificate there before it starts serving,
     /// renews it, and writes --tls-cert and --tls-key; without it those files
     /// are mounted.
     #[arg(long, env = "MESHLINK_IDENTITY_ADDR", requires = "identity")]
@@ -134,6 +134,10 @@ pub struct IdentityArgs {
     /// The SPIFFE ID to ask for, `spiffe://<trust domain>/ns/<namespace>/sa/<account>`.
     #[arg(long, env = "MESHLINK_IDENTITY", requires = "identity_addr")]
     pub identity: Option<SpiffeId>,
+    /// The identity the identity service must prove; by default
+    /// `spiffe://<trust domain of --identity>/ns/meshlink/sa/meshlink-controller`.
+    #[arg(long, env = "MESHLINK_IDENTITY_SERVER_ID")]
+    pub identity_server_id: Option<SpiffeId>,
     /// The projected service-account token for audience `identity.meshlink.io`.
     #[arg(
         long,
@@ -150,8 +154,19 @@ impl IdentityArgs {
         let (Some(addr), Some(identity)) = (&self.identity_addr, &self.identity) else {
             return Ok(None);
         };
+        let server_id = match &self.identity_server_id {
+            Some(id) => id.clone(),
+            None => SpiffeId::workload(identity.trust_domain(), "meshlink", "meshlink-controller")
+                .map_err(|e| Error::Config(format!("--identity {identity}: {e}")))?,
+        };
+        let mut bundles = Vec::new();
+        for path in &tls.tls_trust {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Config(format!("--tls-trust {}: {e}", path.display())))?;
+            bundles.push(TrustBundle::from_pem(None, &pem)?);
+        }
         Ok(Some(CertifyConfig {
-            channel: lazy_channel("identity-addr", addr)?,
+            channel: identity_channel(addr, &bundles, &server_id)?,
             identity: identity.clone(),
             token_file: self.identity_token_file.clone(),
             cert_file: tls.tls_cert.clone(),

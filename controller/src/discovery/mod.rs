@@ -10,7 +10,6 @@ pub mod routes;
 pub mod target;
 pub mod tiers;
 
-use api::certify::identity_server::IdentityServer;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -101,13 +100,11 @@ impl Discovery {
         self.ready.clone()
     }
 
-    /// Serves the discovery gRPC API, and `identity` beside it when given, on
-    /// `listener` until `shutdown` turns true; open streams end at shutdown so
-    /// proxies reconnect elsewhere.
+    /// Serves the discovery gRPC API on `listener` until `shutdown` turns true;
+    /// open streams end at shutdown so proxies reconnect elsewhere.
     pub async fn serve(
         self,
         listener: TcpListener,
-        identity: Option<IdentityServer<crate::identity::Service>>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), tonic::transport::Error> {
         let resolver = WithRoutes {
@@ -118,7 +115,6 @@ impl Discovery {
         let mut stop = shutdown;
         tonic::transport::Server::builder()
             .add_service(service)
-            .add_optional_service(identity)
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
                 let _ = stop.wait_for(|s| *s).await;
             })

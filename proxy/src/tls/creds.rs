@@ -3,7 +3,7 @@
 //! explicitly, so no process-wide provider needs installing for library use).
 
 use super::TlsError;
-use super::verify::{Anchors, spiffe_id_of};
+use super::verify::{Anchors, ExpectedIdentity, spiffe_id_of};
 use api::identity::SpiffeId;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
@@ -133,20 +133,29 @@ impl Credentials {
     /// of the client's trust domain, offering `alpn` in preference order.
     pub fn server_config(&self, alpn: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = provider();
-        let verifier = Arc::new(self.anchors(&provider, |roots| {
+        let verifier = Arc::new(anchors(&self.bundles, &provider, |roots| {
             WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(TlsError::Verifier)
         })?);
-        let mut config = ServerConfig::builder_with_provider(provider.clone())
+        let config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = alpn.to_vec();
-        // Our clients never resume (see `TlsConfigs::client_for`): tickets would
-        // only cost an encryption and a few hundred buffered bytes per connection.
-        config.send_tls13_tickets = 0;
-        Ok(Arc::new(config))
+        Ok(finish_server(config, alpn))
+    }
+
+    /// A server config for clients that have no certificate yet: the identity
+    /// service's, whose clients prove themselves with a token instead.
+    pub fn server_config_without_client_auth(
+        &self,
+        alpn: &[Vec<u8>],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        Ok(finish_server(config, alpn))
     }
 
     /// A client config presenting our certificate and verifying the server's chain
@@ -172,46 +181,87 @@ impl Credentials {
         &self,
         provider: &Arc<CryptoProvider>,
     ) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
-        let anchors = self.anchors(provider, |roots| {
-            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map(|v| v as Arc<dyn ServerCertVerifier>)
-                .map_err(TlsError::Verifier)
-        })?;
-        Ok(Arc::new(anchors))
+        server_verifier(&self.bundles, provider)
     }
+}
 
-    /// Groups roots by trust domain and builds one verifier per group.
-    fn anchors<V: ?Sized>(
-        &self,
-        provider: &Arc<CryptoProvider>,
-        build: impl Fn(Arc<RootCertStore>) -> Result<Arc<V>, TlsError>,
-    ) -> Result<Anchors<V>, TlsError> {
-        let mut stores: HashMap<Option<&str>, RootCertStore> = HashMap::new();
-        for bundle in &self.bundles {
-            let store = stores
-                .entry(bundle.trust_domain.as_deref())
-                .or_insert_with(RootCertStore::empty);
-            for root in &bundle.roots {
-                store.add(root.clone()).map_err(TlsError::BadRoot)?;
-            }
+/// A client config with no certificate of its own that completes a handshake
+/// only with a server that is `expected` under `bundles`: how a workload reaches
+/// the identity service before it has a certificate.
+pub fn client_config_without_cert(
+    bundles: &[TrustBundle],
+    expected: &SpiffeId,
+    alpn: &[Vec<u8>],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(ExpectedIdentity {
+        expected: expected.clone(),
+        inner: server_verifier(bundles, &provider)?,
+        provider: provider.clone(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.to_vec();
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// ALPN, and no session tickets: our clients never resume (see
+/// `TlsConfigs::client_for`), so tickets would only cost an encryption and a few
+/// hundred buffered bytes per connection.
+fn finish_server(mut config: ServerConfig, alpn: &[Vec<u8>]) -> Arc<ServerConfig> {
+    config.alpn_protocols = alpn.to_vec();
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
+}
+
+/// Verifies a server's chain against the bundle of its trust domain.
+fn server_verifier(
+    bundles: &[TrustBundle],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let anchors = anchors(bundles, provider, |roots| {
+        WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map(|v| v as Arc<dyn ServerCertVerifier>)
+            .map_err(TlsError::Verifier)
+    })?;
+    Ok(Arc::new(anchors))
+}
+
+/// Groups roots by trust domain and builds one verifier per group.
+fn anchors<V: ?Sized>(
+    bundles: &[TrustBundle],
+    provider: &Arc<CryptoProvider>,
+    build: impl Fn(Arc<RootCertStore>) -> Result<Arc<V>, TlsError>,
+) -> Result<Anchors<V>, TlsError> {
+    let mut stores: HashMap<Option<&str>, RootCertStore> = HashMap::new();
+    for bundle in bundles {
+        let store = stores
+            .entry(bundle.trust_domain.as_deref())
+            .or_insert_with(RootCertStore::empty);
+        for root in &bundle.roots {
+            store.add(root.clone()).map_err(TlsError::BadRoot)?;
         }
-        let mut anchors = Anchors {
-            default: None,
-            by_domain: HashMap::new(),
-            provider: provider.clone(),
-        };
-        for (domain, store) in stores.into_iter().filter(|(_, s)| !s.is_empty()) {
-            let verifier = build(Arc::new(store))?;
-            match domain {
-                None => anchors.default = Some(verifier),
-                Some(d) => {
-                    anchors.by_domain.insert(d.to_owned(), verifier);
-                }
-            }
-        }
-        Ok(anchors)
     }
+    let mut anchors = Anchors {
+        default: None,
+        by_domain: HashMap::new(),
+        provider: provider.clone(),
+    };
+    for (domain, store) in stores.into_iter().filter(|(_, s)| !s.is_empty()) {
+        let verifier = build(Arc::new(store))?;
+        match domain {
+            None => anchors.default = Some(verifier),
+            Some(d) => {
+                anchors.by_domain.insert(d.to_owned(), verifier);
+            }
+        }
+    }
+    Ok(anchors)
 }
 
 /// The crypto provider every meshlink TLS config is built with.

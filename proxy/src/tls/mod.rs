@@ -17,7 +17,9 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
-pub use creds::{BundleFile, CredentialFiles, Credentials, TrustBundle, provider};
+pub use creds::{
+    BundleFile, CredentialFiles, Credentials, TrustBundle, client_config_without_cert, provider,
+};
 pub use handshake::{HandshakeError, accept, connect, peer_id};
 pub use header::{ReadHeaderError, read_header, write_header};
 pub use rotate::{CredentialWatch, TlsConfigs, watch_credentials};
