@@ -215,6 +215,17 @@ struct Controller {
     discovery_port: u16,
     admin_port: u16,
     zone_costs_config_map: String,
+    identity: ControllerIdentity,
+}
+
+/// The controller's identity service; off while `issuer_secret` is empty.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ControllerIdentity {
+    issuer_secret: String,
+    trust_domain: String,
+    port: u16,
+    lifetime_seconds: u64,
 }
 
 /// Values of the `meshlink-multicluster` chart.
@@ -467,7 +478,7 @@ fn control_plane(v: &ControlPlane, namespace: &str) -> Vec<Value> {
     let labels = ctx.labels("controller");
     let selector = ctx.selector("controller");
     let mut pod = ctx.pod_spec(name, &selector, &c.workload);
-    let args = vec![
+    let mut args = vec![
         format!("--cluster-name={}", v.cluster_name),
         format!("--cluster-domain={}", v.common.cluster_domain),
         format!("--discovery-addr=0.0.0.0:{}", c.discovery_port),
@@ -477,8 +488,37 @@ fn control_plane(v: &ControlPlane, namespace: &str) -> Vec<Value> {
             ctx.namespace, c.zone_costs_config_map
         ),
     ];
+    let id = &c.identity;
+    let identity = !id.issuer_secret.is_empty();
+    if identity {
+        let dir = "/var/run/meshlink/identity-issuer";
+        args.extend([
+            format!("--identity-addr=0.0.0.0:{}", id.port),
+            format!("--identity-issuer-cert={dir}/tls.crt"),
+            format!("--identity-issuer-key={dir}/tls.key"),
+            format!("--identity-trust-anchors={dir}/ca.crt"),
+            format!("--trust-domain={}", id.trust_domain),
+            format!(
+                "--identity-server-id=spiffe://{}/ns/{}/sa/{name}",
+                id.trust_domain, ctx.namespace
+            ),
+            format!("--identity-lifetime-secs={}", id.lifetime_seconds),
+        ]);
+    }
     let mut container = ctx.container("controller", args, &c.workload.resources);
-    container["ports"] = json!([port("grpc", c.discovery_port), port("admin", c.admin_port)]);
+    let mut ports = vec![port("grpc", c.discovery_port), port("admin", c.admin_port)];
+    let mut service_ports = vec![
+        json!({"name": "grpc", "port": c.discovery_port, "targetPort": "grpc", "appProtocol": "grpc"}),
+        json!({"name": "admin", "port": c.admin_port, "targetPort": "admin"}),
+    ];
+    if identity {
+        ports.push(port("identity", id.port));
+        service_ports.push(json!({"name": "identity", "port": id.port, "targetPort": "identity"}));
+        let (mount, volume) = secret_volume("identity-issuer", &id.issuer_secret);
+        container["volumeMounts"] = mount;
+        pod["volumes"] = volume;
+    }
+    container["ports"] = Value::Array(ports);
     container["readinessProbe"] = probe("/ready", "admin");
     container["livenessProbe"] = probe("/live", "admin");
     pod["containers"] = json!([container]);
@@ -494,10 +534,7 @@ fn control_plane(v: &ControlPlane, namespace: &str) -> Vec<Value> {
     let mut objects = ctx.account_with_roles(name, &labels, cluster_rules, rules);
     objects.push(json!({
         "apiVersion": "v1", "kind": "Service", "metadata": ctx.meta(name, &labels),
-        "spec": {"type": "ClusterIP", "selector": selector, "ports": [
-            {"name": "grpc", "port": c.discovery_port, "targetPort": "grpc", "appProtocol": "grpc"},
-            {"name": "admin", "port": c.admin_port, "targetPort": "admin"},
-        ]},
+        "spec": {"type": "ClusterIP", "selector": selector, "ports": service_ports},
     }));
     objects.extend(ctx.deployment_and_pdb(name, &c.workload, &labels, &selector, pod));
     objects
@@ -524,9 +561,14 @@ fn multicluster(v: &Multicluster, namespace: &str) -> Vec<Value> {
 }
 
 fn identity_volume(secret: &str) -> (Value, Value) {
-    let mount =
-        json!([{"name": "identity", "mountPath": "/var/run/meshlink/identity", "readOnly": true}]);
-    let volume = json!([{"name": "identity", "secret": {"secretName": secret}}]);
+    secret_volume("identity", secret)
+}
+
+/// A read-only mount of Secret `secret` at `/var/run/meshlink/<name>`, and its volume.
+fn secret_volume(name: &str, secret: &str) -> (Value, Value) {
+    let path = format!("/var/run/meshlink/{name}");
+    let mount = json!([{"name": name, "mountPath": path, "readOnly": true}]);
+    let volume = json!([{"name": name, "secret": {"secretName": secret}}]);
     (mount, volume)
 }
 

@@ -230,6 +230,9 @@ fn meshlink_install_equals_helm_template_with_set_values() {
         "mirror.nodeSelector.pool=infra",
         "controller.podDisruptionBudget.enabled=true",
         "controller.podDisruptionBudget.maxUnavailable=50%",
+        "controller.identity.issuerSecret=meshlink-identity-issuer",
+        "controller.identity.trustDomain=west.example.org",
+        "controller.identity.lifetimeSeconds=3600",
     ];
     let mut install = Vec::new();
     for set in &sets {
@@ -248,6 +251,22 @@ fn meshlink_install_equals_helm_template_with_set_values() {
         "set",
         &scenario,
         &["PodDisruptionBudget/meshlink/meshlink-controller"],
+    );
+    // The identity service is on, with its issuer mounted and its own identity
+    // in the release namespace.
+    let rendered = meshlink_install(&scenario);
+    let pod = &rendered["Deployment/meshlink/meshlink-controller"]["spec"]["template"]["spec"];
+    let args = pod["containers"][0]["args"].as_array().unwrap();
+    for arg in [
+        "--identity-addr=0.0.0.0:8080",
+        "--identity-server-id=spiffe://west.example.org/ns/meshlink/sa/meshlink-controller",
+        "--identity-lifetime-secs=3600",
+    ] {
+        assert!(args.iter().any(|a| a == arg), "no {arg} in {args:?}");
+    }
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        "meshlink-identity-issuer"
     );
 }
 
