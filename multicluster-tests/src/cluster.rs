@@ -298,6 +298,11 @@ impl Cluster {
         self.index as u8
     }
 
+    /// Creates namespace `ns` unless it exists.
+    pub async fn apply_namespace(&self, ns: &str) -> Result<()> {
+        crate::publish::apply_namespace(&self.client(), ns).await
+    }
+
     /// A kubeconfig for this cluster that authenticates with a bearer `token` (for
     /// example one from [`Cluster::service_account_token`]).
     pub fn kubeconfig_for_token(&self, token: &str) -> String {

@@ -13,6 +13,17 @@ use crate::pod::Pod;
 /// Field manager and `endpointslice.kubernetes.io/managed-by` value of the harness.
 pub const MANAGER: &str = "harness.meshlink.io";
 
+/// Server-side applies namespace `ns`: creates it, or leaves it as it is.
+pub(crate) async fn apply_namespace(client: &kube::Client, ns: &str) -> Result<()> {
+    let pp = PatchParams::apply(MANAGER).force();
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+    Api::<Namespace>::all(client.clone())
+        .patch(ns, &pp, &Patch::Apply(namespace))
+        .await
+        .map_err(Error::kube(format!("applying namespace {ns}")))?;
+    Ok(())
+}
+
 /// Server-side applies namespace `ns`, Service `ns/name` (one TCP port named `tcp`,
 /// no selector) and EndpointSlice `ns/<name>-harness` listing `pods` as ready
 /// endpoints in their zones. Calling again replaces the endpoint list.
@@ -24,11 +35,7 @@ pub(crate) async fn publish(
     pods: &[&Pod],
 ) -> Result<()> {
     let pp = PatchParams::apply(MANAGER).force();
-    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-    Api::<Namespace>::all(client.clone())
-        .patch(ns, &pp, &Patch::Apply(namespace))
-        .await
-        .map_err(Error::kube(format!("applying namespace {ns}")))?;
+    apply_namespace(&client, ns).await?;
 
     let service = json!({
         "apiVersion": "v1", "kind": "Service",

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use api::certify::identity_client::IdentityClient;
 use api::certify::{CertifyRequest, CertifyResponse, TOKEN_AUDIENCE};
 use api::identity::SpiffeId;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
@@ -70,18 +70,8 @@ impl Bed {
             .start()
             .await?;
         let east = harness.cluster("east");
-        let client = east.client();
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some("shop".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(client, "shop");
+        east.apply_namespace("shop").await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(east.client(), "shop");
         for name in ["books", "web"] {
             let sa = ServiceAccount {
                 metadata: ObjectMeta {
