@@ -283,7 +283,8 @@ impl Identity for Service {
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let peer = request.remote_addr();
-        let identity = request.get_ref().identity.clone();
+        // The request's own words, bounded: they are logged before they are checked.
+        let identity: String = request.get_ref().identity.chars().take(256).collect();
         let result = self.sign(request.into_inner()).await;
         match &result {
             Ok(rsp) => {

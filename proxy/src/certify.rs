@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::pki::{certificates_pem, write_atomic};
+use crate::pki::{certificates_pem, write_atomic, write_private_atomic};
 use crate::tls::{TrustBundle, client_config_without_cert, connect};
 
 /// The share of a leaf's remaining lifetime after which it is renewed.
@@ -95,7 +95,7 @@ impl CertifyConfig {
         chain.extend(issued.intermediate_certificates);
         // Key first: a watcher that reads the new key with the old chain rejects
         // the pair and keeps what it has until the chain follows.
-        write_atomic(&self.key_file, &key.serialize_pem())?;
+        write_private_atomic(&self.key_file, &key.serialize_pem())?;
         write_atomic(&self.cert_file, &certificates_pem(&chain))?;
         let expires = UNIX_EPOCH
             + Duration::from_secs(u64::try_from(issued.valid_until_unix_seconds).unwrap_or(0));

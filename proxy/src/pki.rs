@@ -132,7 +132,7 @@ impl WrittenFiles {
             key: dir.join("tls.key"),
             bundle: dir.join("ca.crt"),
         };
-        write_atomic(&files.key, key_pem)?;
+        write_private_atomic(&files.key, key_pem)?;
         write_atomic(&files.cert_chain, chain_pem)?;
         write_atomic(&files.bundle, bundle_pem)?;
         Ok(files)
@@ -300,12 +300,30 @@ impl Leaf {
 
 /// Writes `contents` to `path` via a temporary file and a rename.
 pub fn write_atomic(path: &Path, contents: &str) -> Result<(), PkiError> {
+    write_via_rename(path, contents, 0o644)
+}
+
+/// Like [`write_atomic`], readable and writable by the owner only: for keys.
+pub fn write_private_atomic(path: &Path, contents: &str) -> Result<(), PkiError> {
+    write_via_rename(path, contents, 0o600)
+}
+
+fn write_via_rename(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
     let err = |source| PkiError::Write {
         path: path.to_owned(),
         source,
     };
-    std::fs::write(&tmp, contents).map_err(err)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    file.write_all(contents.as_bytes()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
@@ -442,6 +460,9 @@ mod tests {
         let id = SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap();
         let leaf = root.issue(&id, &[], Validity::days(1)).unwrap();
         let files = leaf.write(dir.path(), root.root_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&files.key), 0o600, "the key is the owner's only");
         assert_eq!(std::fs::read_to_string(files.key).unwrap(), leaf.key_pem);
         assert_eq!(
             std::fs::read_to_string(files.bundle).unwrap(),
