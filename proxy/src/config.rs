@@ -25,7 +25,7 @@ use crate::inbound::{AppTarget, InboundConfig};
 use crate::init::InitConfig;
 use crate::outbound::{OutboundConfig, TargetMode};
 use crate::tls::{
-    BundleFile, CredentialFiles, CredentialWatch, IdPattern, Policy, TrustBundle, watch_credentials,
+    BundleFile, CredentialFiles, CredentialWatch, IdPattern, Policy, watch_credentials,
 };
 
 /// The `proxy` binary.
@@ -159,12 +159,7 @@ impl IdentityArgs {
             None => SpiffeId::workload(identity.trust_domain(), "meshlink", "meshlink-controller")
                 .map_err(|e| Error::Config(format!("--identity {identity}: {e}")))?,
         };
-        let mut bundles = Vec::new();
-        for path in &tls.tls_trust {
-            let pem = std::fs::read(path)
-                .map_err(|e| Error::Config(format!("--tls-trust {}: {e}", path.display())))?;
-            bundles.push(TrustBundle::from_pem(None, &pem)?);
-        }
+        let bundles = tls.files().load_bundles()?;
         Ok(Some(CertifyConfig {
             channel: identity_channel(addr, &bundles, &server_id)?,
             identity: identity.clone(),

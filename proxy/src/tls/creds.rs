@@ -51,6 +51,14 @@ pub struct CredentialFiles {
 }
 
 impl CredentialFiles {
+    /// Reads and parses the trust bundles alone.
+    pub fn load_bundles(&self) -> Result<Vec<TrustBundle>, TlsError> {
+        self.bundles
+            .iter()
+            .map(|b| TrustBundle::from_pem(b.trust_domain.clone(), &read(&b.path)?))
+            .collect()
+    }
+
     /// The Kubernetes TLS secret layout (also what [`crate::pki::Leaf::write`]
     /// produces): `tls.crt`, `tls.key`, and `ca.crt` trusted for any domain.
     pub fn in_dir(dir: &Path) -> Self {
@@ -109,13 +117,7 @@ impl Credentials {
 
     /// Reads and parses the files.
     pub fn load(files: &CredentialFiles) -> Result<Self, TlsError> {
-        let mut bundles = Vec::with_capacity(files.bundles.len());
-        for b in &files.bundles {
-            bundles.push(TrustBundle::from_pem(
-                b.trust_domain.clone(),
-                &read(&b.path)?,
-            )?);
-        }
+        let bundles = files.load_bundles()?;
         Self::from_pem(&read(&files.cert_chain)?, &read(&files.key)?, bundles)
     }
 
