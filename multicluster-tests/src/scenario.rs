@@ -18,9 +18,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use api::certify::TOKEN_AUDIENCE;
 use api::identity::SpiffeId;
 use api::link::Link;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -63,6 +64,8 @@ const OUTBOUND_PORT: u16 = 4140;
 /// The client sidecar's outbound port (explicit-proxy mode, to `svc-east`).
 pub const CLIENT_OUTBOUND_PORT: u16 = OUTBOUND_PORT;
 pub(crate) const INBOUND_PORT: u16 = 4143;
+/// Each controller's identity service (TLS).
+const IDENTITY_PORT: u16 = 8080;
 /// How long a component may take to report ready, and a mirror to converge.
 const WITHIN: Duration = Duration::from_secs(60);
 /// The clusters, in harness builder order.
@@ -79,7 +82,7 @@ pub fn app_identity() -> String {
 }
 
 pub(crate) fn identity(cluster: &str, ns: &str, sa: &str) -> String {
-    format!("spiffe://{cluster}.meshlink.test/ns/{ns}/sa/{sa}")
+    format!("spiffe://{}/ns/{ns}/sa/{sa}", trust_domain(cluster))
 }
 
 /// One root, one issuer per cluster, certificates written under a directory.
@@ -87,6 +90,15 @@ pub(crate) struct Pki {
     dir: PathBuf,
     root_pem: String,
     issuers: Vec<(String, Ca)>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The issuers hold keys: only the directory is shown.
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pki {
@@ -107,25 +119,91 @@ impl Pki {
         })
     }
 
-    /// Issues `id` from `cluster`'s issuer into `<dir>/<name>/` (tls.crt, tls.key,
-    /// ca.crt) and returns that directory.
-    pub(crate) fn issue(&self, cluster: &str, name: &str, id: &str) -> Result<PathBuf> {
-        let issuer = self
-            .issuers
+    fn issuer(&self, cluster: &str) -> Result<&Ca> {
+        self.issuers
             .iter()
             .find(|(c, _)| c == cluster)
             .map(|(_, ca)| ca)
-            .ok_or_else(|| Error::Invalid(format!("no issuer for cluster {cluster}")))?;
-        let id = SpiffeId::parse(id).map_err(|e| Error::Invalid(format!("{id}: {e}")))?;
-        let leaf = issuer
-            .issue(&id, &[], Validity::days(7))
-            .map_err(|e| Error::Invalid(format!("issuing {id}: {e}")))?;
+            .ok_or_else(|| Error::Invalid(format!("no issuer for cluster {cluster}")))
+    }
+
+    /// `<dir>/<name>/`, created.
+    fn subdir(&self, name: &str) -> Result<PathBuf> {
         let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        Ok(dir)
+    }
+
+    /// Issues `id` from `cluster`'s issuer into `<dir>/<name>/` (tls.crt, tls.key,
+    /// ca.crt) and returns that directory.
+    pub(crate) fn issue(&self, cluster: &str, name: &str, id: &str) -> Result<PathBuf> {
+        let id = SpiffeId::parse(id).map_err(|e| Error::Invalid(format!("{id}: {e}")))?;
+        let leaf = self
+            .issuer(cluster)?
+            .issue(&id, &[], Validity::days(7))
+            .map_err(|e| Error::Invalid(format!("issuing {id}: {e}")))?;
+        let dir = self.subdir(name)?;
         leaf.write(&dir, &self.root_pem)
             .map_err(|e| Error::Invalid(format!("writing {}: {e}", dir.display())))?;
         Ok(dir)
     }
+
+    /// Writes `cluster`'s issuer as its identity service loads it, into
+    /// `<dir>/<cluster>-issuer/`; returns the controller's identity flags.
+    fn identity_service_args(&self, cluster: &str) -> Result<Vec<String>> {
+        let dir = self.subdir(&format!("{cluster}-issuer"))?;
+        let files = self
+            .issuer(cluster)?
+            .write(&dir)
+            .map_err(|e| Error::Invalid(format!("writing {}: {e}", dir.display())))?;
+        let path = |p: PathBuf| p.display().to_string();
+        Ok(vec![
+            "--identity-addr".into(),
+            format!("0.0.0.0:{IDENTITY_PORT}"),
+            "--identity-issuer-cert".into(),
+            path(files.cert_chain),
+            "--identity-issuer-key".into(),
+            path(files.key),
+            "--identity-trust-anchors".into(),
+            path(files.bundle),
+            "--trust-domain".into(),
+            trust_domain(cluster),
+        ])
+    }
+
+    /// A directory `<dir>/<name>/` for a workload that asks `identity` for a
+    /// certificate as `id`, holding the root (`ca.crt`) and `token`; returns the
+    /// proxy's flags, which name `tls.crt` and `tls.key` there for it to write.
+    fn certify_args(
+        &self,
+        name: &str,
+        id: &str,
+        token: &str,
+        identity: SocketAddr,
+    ) -> Result<Vec<String>> {
+        let dir = self.subdir(name)?;
+        let write = |file: &str, text: &str| -> Result<String> {
+            let path = dir.join(file);
+            std::fs::write(&path, text)
+                .map_err(Error::io(format!("writing {}", path.display())))?;
+            Ok(path.display().to_string())
+        };
+        let mut args = vec![
+            "--identity-addr".into(),
+            identity.to_string(),
+            "--identity".into(),
+            id.to_owned(),
+            "--identity-token-file".into(),
+            write("token", token)?,
+        ];
+        write("ca.crt", &self.root_pem)?;
+        args.extend(tls_args(&dir));
+        Ok(args)
+    }
+}
+
+fn trust_domain(cluster: &str) -> String {
+    format!("{cluster}.meshlink.test")
 }
 
 /// `--tls-cert/--tls-key/--tls-trust` for credentials written by [`Pki::issue`].
@@ -148,6 +226,8 @@ struct Side {
     zone: String,
     controller: Option<Pod>,
     discovery: SocketAddr,
+    /// The controller's identity service.
+    identity: SocketAddr,
     gateway: Pod,
     mirror: Option<Pod>,
 }
@@ -158,7 +238,7 @@ pub struct Scenario {
     sides: Vec<Side>,
     apps: Vec<Pod>,
     apps_started: usize,
-    app_certs: PathBuf,
+    pki: Pki,
     client_certs: PathBuf,
     client: Pod,
 }
@@ -188,15 +268,19 @@ impl Scenario {
         ));
         let client_certs =
             pki.issue("west", "client", &identity("west", APP_NAMESPACE, "client"))?;
+        let client = start_client(west, &client_certs, sides[1].discovery).await?;
         let mut this = Self {
-            app_certs: pki.issue("east", "app", &app_identity())?,
-            client: start_client(west, &client_certs, sides[1].discovery).await?,
+            client,
             client_certs,
             sides,
             apps: Vec::new(),
             apps_started: 0,
+            pki,
         };
-        step("east: starting app pod svc-1 (harness-echo behind its inbound sidecar)");
+        step(
+            "east: starting app pod svc-1 (harness-echo behind its inbound sidecar, \
+             whose certificate comes from east's identity service)",
+        );
         this.scale(harness, 1).await?;
         step("east: exporting Service demo/svc (meshlink export svc)");
         this.export(harness, true).await?;
@@ -210,7 +294,7 @@ impl Scenario {
             ));
             link(target, source).await?;
             let index = this.side_index(source.name())?;
-            this.sides[index].mirror = Some(start_mirror(source, target.name(), &pki).await?);
+            this.sides[index].mirror = Some(start_mirror(source, target.name(), &this.pki).await?);
         }
         step("west: waiting until discovery resolves svc-east to east's gateway");
         let discovery = this.discovery("west")?;
@@ -253,8 +337,14 @@ impl Scenario {
         let east = cluster(harness, "east")?;
         while self.apps.len() < replicas {
             self.apps_started += 1;
-            let discovery = self.sides[0].discovery;
-            let pod = start_app(east, self.apps_started, &self.app_certs, discovery).await?;
+            let name = format!("{APP_SERVICE}-{}", self.apps_started);
+            let token = east
+                .service_account_token_for(APP_NAMESPACE, APP_SERVICE, &[TOKEN_AUDIENCE])
+                .await?;
+            let certify =
+                self.pki
+                    .certify_args(&name, &app_identity(), &token, self.sides[0].identity)?;
+            let pod = start_app(east, &name, &certify, self.sides[0].discovery).await?;
             self.apps.push(pod);
         }
         let keep: Vec<&Pod> = self.apps.iter().take(replicas).collect();
@@ -338,9 +428,16 @@ impl Side {
     /// The controller, then the gateway resolving through it.
     async fn start(c: &Cluster, pki: &Pki) -> Result<Self> {
         let zone = first_zone(c)?;
-        let controller =
-            start_controller(c, &format!("{}-controller", c.name()), &zone, &[]).await?;
+        let identity_service = pki.identity_service_args(c.name())?;
+        let controller = start_controller(
+            c,
+            &format!("{}-controller", c.name()),
+            &zone,
+            &identity_service,
+        )
+        .await?;
         let discovery = SocketAddr::new(IpAddr::V4(controller.ip()), DISCOVERY_PORT);
+        let identity = SocketAddr::new(IpAddr::V4(controller.ip()), IDENTITY_PORT);
 
         let certs = pki.issue(
             c.name(),
@@ -365,6 +462,7 @@ impl Side {
             zone,
             controller: Some(controller),
             discovery,
+            identity,
             gateway,
             mirror: None,
         })
@@ -419,18 +517,23 @@ pub(crate) fn discovery_args(discovery: SocketAddr, zone: &str) -> Vec<String> {
     ]
 }
 
-/// App pod `svc-<n>`: `harness-echo http` on loopback behind a sidecar whose
-/// inbound listener (mTLS, app identity) holds the Service port.
-async fn start_app(east: &Cluster, n: usize, certs: &Path, discovery: SocketAddr) -> Result<Pod> {
+/// App pod `name`: `harness-echo http` on loopback behind a sidecar whose
+/// inbound listener (mTLS, app identity, certified with `certify`) holds the
+/// Service port.
+async fn start_app(
+    east: &Cluster,
+    name: &str,
+    certify: &[String],
+    discovery: SocketAddr,
+) -> Result<Pod> {
     let zone = first_zone(east)?;
-    let name = format!("{APP_SERVICE}-{n}");
-    let pod = east.create_pod(&name, &zone)?;
+    let pod = east.create_pod(name, &zone)?;
     let app_port = APP_LOCAL_PORT.to_string();
-    pod.spawn(meshlink_binary("harness-echo")?, ["http", &app_port, &name])?;
+    pod.spawn(meshlink_binary("harness-echo")?, ["http", &app_port, name])?;
     let mut args = sidecar_args(&format!("127.0.0.1:{OUTBOUND_PORT}"), APP_PORT);
     args.extend(["--app-addr".into(), format!("127.0.0.1:{APP_LOCAL_PORT}")]);
     args.extend(discovery_args(discovery, &zone));
-    args.extend(tls_args(certs));
+    args.extend(certify.iter().cloned());
     pod.spawn(meshlink_binary("proxy")?, &args)?;
     wait_ready(&pod, ADMIN_PORT).await?;
     pod.wait_listening(APP_PORT, WITHIN).await?;
@@ -535,15 +638,17 @@ pub(crate) async fn wait_ready(pod: &Pod, port: u16) -> Result<()> {
 async fn prepare_cluster(c: &Cluster) -> Result<()> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     for ns in [MULTICLUSTER_NAMESPACE, APP_NAMESPACE] {
-        let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        Api::<Namespace>::all(c.client())
-            .patch(ns, &pp, &Patch::Apply(object))
-            .await
-            .map_err(Error::kube(format!(
-                "applying namespace {ns} in {}",
-                c.name()
-            )))?;
+        c.apply_namespace(ns).await?;
     }
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": APP_SERVICE, "namespace": APP_NAMESPACE}});
+    Api::<ServiceAccount>::namespaced(c.client(), APP_NAMESPACE)
+        .patch(APP_SERVICE, &pp, &Patch::Apply(account))
+        .await
+        .map_err(Error::kube(format!(
+            "applying service account {APP_NAMESPACE}/{APP_SERVICE} in {}",
+            c.name()
+        )))?;
     let crd = Link::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
     Api::<CustomResourceDefinition>::all(c.client())
